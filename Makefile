@@ -1,0 +1,63 @@
+# kuberag: make help lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Built Kubernetes/helm/kwok binaries live outside the clone, reused across clones and sessions.
+export KUBERAG_TOOLS_DIR ?= $(HOME)/.cache/kuberag/tools
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z0-9_.-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Setup
+
+$(VENV)/.stamp: pyproject.toml hack/setup-venv.sh
+	@bash hack/setup-venv.sh "$(PYTHON)" "$(VENV)"
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.stamp ## Create the virtualenv with the api, operator and dev extras
+
+.PHONY: system-deps
+system-deps: ## Install Debian packages the tests and `make run` use (redis-server, etcd-server, ...)
+	@bash hack/system-deps.sh
+
+.PHONY: tools
+tools: ## Build pinned kube-apiserver, controller-manager, scheduler, kwok, helm into $(KUBERAG_TOOLS_DIR)
+	@bash hack/tools.sh
+
+##@ Run
+
+.PHONY: run
+run: venv ## Serve the API on http://127.0.0.1:8000 over the bundled sample corpus (offline)
+	@bash hack/system-deps.sh --optional redis-server
+	@bash hack/run-local.sh "$(VENV)"
+
+##@ Test
+
+.PHONY: test
+test: venv system-deps tools ## Unit and integration tests (real redis-server, real kube-apiserver)
+	@bash hack/pytest.sh $(PY) -m "unit or integration" $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests only (no network, no external processes)
+	@bash hack/pytest.sh $(PY) -m unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: venv ## ruff and import-linter (the API and the operator never import each other)
+	$(VENV)/bin/ruff check api operator contract tests
+	$(VENV)/bin/lint-imports
+
+.PHONY: bench
+bench: venv system-deps ## Benchmarks: writes bench/results/*.json and a PNG plot
+	$(PY) -m bench
+
+.PHONY: e2e
+e2e: venv ## End-to-end on a kind cluster (needs Docker; not run in CI here)
+	@bash hack/pytest.sh $(PY) -m e2e tests/e2e $(PYTEST_ARGS)
