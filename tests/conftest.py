@@ -1,6 +1,6 @@
 """Fixtures shared by every test layer live in tests/fixtures/, one module per real component."""
 
 pytest_plugins = [
-    "tests.fixtures.redis",
+    "tests.fixtures.redis_server",
     "tests.fixtures.controlplane",
 ]
