@@ -1,0 +1,51 @@
+"""The RAG engine: parsing, chunking, embeddings, hybrid retrieval, answer generation.
+
+The API imports only the names re-exported here.
+"""
+
+from kuberag_api.rag.embedding import (
+    MODEL_NAME,
+    Embedder,
+    EmbeddingError,
+    OnnxMiniLM,
+    OpenAIEmbedder,
+    build_embedder,
+    load_default_embedder,
+)
+from kuberag_api.rag.engine import RagEngine, doc_id_for
+from kuberag_api.rag.generation import (
+    NOT_FOUND_ANSWER,
+    ExtractiveGenerator,
+    GeneratedAnswer,
+    GenerationError,
+    Generator,
+    OpenAIChatGenerator,
+    build_generator,
+)
+from kuberag_api.rag.parsing import SUPPORTED as SUPPORTED_TYPES
+from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage, UnsupportedDocument
+
+__all__ = [
+    "MODEL_NAME",
+    "NOT_FOUND_ANSWER",
+    "SUPPORTED_TYPES",
+    "DocumentError",
+    "DocumentInfo",
+    "Embedder",
+    "EmbeddingError",
+    "ExtractiveGenerator",
+    "GeneratedAnswer",
+    "GenerationError",
+    "Generator",
+    "IngestResult",
+    "OnnxMiniLM",
+    "OpenAIChatGenerator",
+    "OpenAIEmbedder",
+    "Passage",
+    "RagEngine",
+    "UnsupportedDocument",
+    "build_embedder",
+    "build_generator",
+    "doc_id_for",
+    "load_default_embedder",
+]

@@ -1,0 +1,426 @@
+"""The embedded RAG engine: documents, chunks and vectors persisted in SQLite under the data dir,
+searched in memory (dense brute force + BM25, fused).
+
+Writes go through one lock and one SQLite transaction each (WAL, synchronous=FULL), so an
+ingest that returned is on disk. Readers never lock: every write publishes a new immutable
+``_Snapshot`` (a single reference assignment), so a query sees one consistent version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from kuberag_api.rag.bm25 import BM25Index, tokenize
+from kuberag_api.rag.chunking import Chunk, chunk_sections
+from kuberag_api.rag.embedding import Embedder, load_default_embedder
+from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
+from kuberag_api.rag.parsing import CONTENT_TYPES, Section, parse_document
+from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage
+from kuberag_contract.config import Retrieval
+
+log = logging.getLogger("kuberag.rag")
+
+DB_NAME = "rag-index.sqlite3"
+SCHEMA_VERSION = "1"
+# Bumped when chunking, tokenisation or fusion change in a way that changes answers.
+ALGORITHM_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkRow:
+    doc_id: str
+    chunk_id: str
+    source: str
+    text: str
+    heading: str | None
+    position: int
+    page: int | None
+    tokens: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    vectors: np.ndarray  # (n, dim) view; rows past n in the buffer are invisible to readers
+    rows: list[_ChunkRow]
+    bm25: BM25Index
+    documents: dict[str, DocumentInfo] = field(default_factory=dict)
+    version: str = ""
+
+
+def doc_id_for(source: str) -> str:
+    """Stable id from the source name, so every replica (and a re-ingest) gets the same id."""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _embedding_text(source: str, heading: str | None, text: str) -> str:
+    # The heading (or file name) gives a chunk the topic its sentences often leave implicit.
+    title = heading or Path(source).stem.replace("-", " ").replace("_", " ")
+    return f"{title}\n{text}"
+
+
+class RagEngine:
+    def __init__(self, data_dir: Path, retrieval: Retrieval, embedder: Embedder,
+                 dense_weight: float = DEFAULT_DENSE_WEIGHT) -> None:
+        self.data_dir = Path(data_dir)
+        self.retrieval = retrieval
+        self._embedder = embedder
+        self.dense_weight = dense_weight
+        self._write_lock = threading.RLock()
+        self._ready = False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS documents (
+                doc_id TEXT PRIMARY KEY, source TEXT NOT NULL UNIQUE, content_type TEXT NOT NULL,
+                bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, added_at TEXT NOT NULL,
+                chunks INTEGER NOT NULL, origin TEXT NOT NULL, sections TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS chunks (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL, chunk_id TEXT NOT NULL,
+                position INTEGER NOT NULL, heading TEXT, page INTEGER, text TEXT NOT NULL,
+                tokens TEXT NOT NULL, vector BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+            """
+        )
+        self._capacity_buffer = np.zeros((0, embedder.dim), dtype=np.float32)
+        self._pending: tuple[list[_ChunkRow], int, dict[str, DocumentInfo]] | None = None
+        self._corpus_path: str | None = None
+        self._snap = self._empty_snapshot()
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, data_dir: Path, *, retrieval: Retrieval, corpus_path: str | None = None,
+             embedder: Embedder | None = None, dense_weight: float = DEFAULT_DENSE_WEIGHT,
+             defer_corpus: bool = False) -> RagEngine:
+        """Open (or create) the index under ``data_dir``, then index ``corpus_path``.
+
+        With ``defer_corpus`` the corpus is left for ``sync_corpus()`` (``ready`` stays False
+        until then), so a server can answer probes while it indexes.
+        """
+        engine = cls(Path(data_dir), retrieval, embedder or load_default_embedder(), dense_weight)
+        started = time.perf_counter()
+        engine._load()
+        log.info("rag index opened", extra={"chunks": engine.chunk_count, "documents": engine.document_count,
+                                            "seconds": round(time.perf_counter() - started, 3)})
+        engine._corpus_path = corpus_path
+        if corpus_path is not None and not defer_corpus:
+            engine.sync_corpus(corpus_path)
+        elif corpus_path is None or not defer_corpus:
+            engine._ready = True
+        return engine
+
+    def _index_params(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "algorithm": ALGORITHM_VERSION,
+            "embedder": self._embedder.name,
+            "dim": self._embedder.dim,
+            "chunk_size": self.retrieval.chunk_size,
+            "chunk_overlap": self.retrieval.chunk_overlap,
+        }
+
+    def _load(self) -> None:
+        stored = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        params = self._index_params()
+        if stored.get("params") and json.loads(stored["params"]) != params:
+            # Vectors from another model (or chunks from other parameters) are not comparable
+            # with this one's: rebuild every chunk from the stored document text.
+            log.warning("rag index was built with %s; rebuilding it for %s", stored["params"], params)
+            self._rebuild_chunks()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('params', ?)", (json.dumps(params, sort_keys=True),))
+        documents = {}
+        for doc_id, source, ctype, size, sha, added, chunks in self._db.execute(
+            "SELECT doc_id, source, content_type, bytes, sha256, added_at, chunks FROM documents"
+        ):
+            documents[doc_id] = DocumentInfo(doc_id, source, ctype, chunks, size, sha, added)
+        rows: list[_ChunkRow] = []
+        blobs: list[bytes] = []
+        for doc_id, chunk_id, position, heading, page, text, tokens, vector in self._db.execute(
+            "SELECT doc_id, chunk_id, position, heading, page, text, tokens, vector FROM chunks ORDER BY seq"
+        ):
+            rows.append(_ChunkRow(doc_id, chunk_id, documents[doc_id].source, text, heading, position, page,
+                                  tuple(tokens.split())))
+            blobs.append(vector)
+        dim = self._embedder.dim
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
+        self._capacity_buffer = np.array(vectors, dtype=np.float32)
+        self._publish(rows, self._capacity_buffer[: len(rows)], documents)
+
+    def _rebuild_chunks(self) -> None:
+        with self._write_lock:
+            documents = self._db.execute("SELECT doc_id, source, sections FROM documents").fetchall()
+            prepared = []
+            for doc_id, source, sections_json in documents:
+                sections = [Section(s["heading"], s["text"], s.get("page")) for s in json.loads(sections_json)]
+                prepared.append((doc_id, source, *self._prepare(source, sections)))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM chunks")
+                for doc_id, source, chunks, vectors in prepared:
+                    self._insert_chunks(doc_id, chunks, vectors)
+                    self._db.execute("UPDATE documents SET chunks=? WHERE doc_id=?", (len(chunks), doc_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self._snap.rows)
+
+    @property
+    def document_count(self) -> int:
+        return len(self._snap.documents)
+
+    @property
+    def corpus_version(self) -> str:
+        """Changes on any ingest, replace or delete (and with the model or chunking)."""
+        return self._snap.version
+
+    @property
+    def retrieval_fingerprint(self) -> str:
+        payload = {
+            "top_k": self.retrieval.top_k,
+            "chunk_size": self.retrieval.chunk_size,
+            "chunk_overlap": self.retrieval.chunk_overlap,
+            "dense_weight": self.dense_weight,
+            "embedder": self._embedder.name,
+            "algorithm": ALGORITHM_VERSION,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---------------------------------------------------------------- reading
+
+    def retrieve(self, question: str, query_vector: np.ndarray | None = None,
+                 top_k: int | None = None) -> list[Passage]:
+        snap = self._snap  # one consistent version for the whole query
+        k = top_k or self.retrieval.top_k
+        if not snap.rows:
+            return []
+        if query_vector is None:
+            query_vector = self._embedder.embed_query(question)
+        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        if query_vector.shape[0] != snap.vectors.shape[1]:
+            raise ValueError(f"query vector has dimension {query_vector.shape[0]}, the index {snap.vectors.shape[1]}")
+        dense = snap.vectors @ query_vector
+        lexical = snap.bm25.scores(question)
+        fused = linear_fusion(dense, lexical, self.dense_weight)
+        passages = []
+        for i in top_indices(fused, k):
+            row = snap.rows[i]
+            metadata = {"heading": row.heading, "position": row.position,
+                        "dense_score": float(dense[i]), "bm25_score": float(lexical[i])}
+            if row.page is not None:
+                metadata["page"] = row.page
+            passages.append(Passage(row.doc_id, row.chunk_id, row.source, row.text, float(fused[i]), metadata))
+        return passages
+
+    def documents(self) -> list[DocumentInfo]:
+        return sorted(self._snap.documents.values(), key=lambda d: d.source)
+
+    def document(self, doc_id: str) -> DocumentInfo | None:
+        return self._snap.documents.get(doc_id)
+
+    # ---------------------------------------------------------------- writing
+
+    def _prepare(self, source: str, sections: list[Section]) -> tuple[list[Chunk], np.ndarray]:
+        chunks = chunk_sections(sections, self.retrieval.chunk_size, self.retrieval.chunk_overlap)
+        vectors = self._embedder.embed([_embedding_text(source, c.heading, c.text) for c in chunks])
+        return chunks, vectors
+
+    def _insert_chunks(self, doc_id: str, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        self._db.executemany(
+            "INSERT INTO chunks (doc_id, chunk_id, position, heading, page, text, tokens, vector) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (doc_id, f"{doc_id}:{c.position}", c.position, c.heading, c.page, c.text,
+                 " ".join(tokenize(f"{c.heading or ''} {c.text}")), np.asarray(v, dtype=np.float32).tobytes())
+                for c, v in zip(chunks, vectors, strict=True)
+            ],
+        )
+
+    def ingest(self, source: str, data: bytes, content_type: str | None = None) -> IngestResult:
+        """Index one document. Raises UnsupportedDocument / DocumentError for a bad document."""
+        return self._ingest(source, data, content_type, origin="api")
+
+    def _ingest(self, source: str, data: bytes, content_type: str | None, origin: str,
+                publish: bool = True) -> IngestResult:
+        source = source.strip()
+        if not source:
+            raise DocumentError("a document needs a source name")
+        doc_id = doc_id_for(source)
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self._current_documents().get(doc_id)
+        if existing is not None and existing.sha256 == sha:
+            return IngestResult(doc_id, source, "unchanged", existing.chunks)
+        parsed = parse_document(source, data, content_type)
+        # The slow part (embedding) runs before the lock so queries and other ingests go on.
+        chunks, vectors = self._prepare(source, parsed.sections)
+        sections_json = json.dumps([{"heading": s.heading, "text": s.text, "page": s.page} for s in parsed.sections])
+        added_at = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._write_lock:
+            existing = self._current_documents().get(doc_id)
+            if existing is not None and existing.sha256 == sha:
+                return IngestResult(doc_id, source, "unchanged", existing.chunks)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+                self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
+                self._db.execute(
+                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?)",
+                    (doc_id, source, parsed.content_type, len(data), sha, added_at, len(chunks), origin, sections_json),
+                )
+                self._insert_chunks(doc_id, chunks, vectors)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            info = DocumentInfo(doc_id, source, parsed.content_type, len(chunks), len(data), sha, added_at)
+            new_rows = [
+                _ChunkRow(doc_id, f"{doc_id}:{c.position}", source, c.text, c.heading, c.position, c.page,
+                          tuple(tokenize(f"{c.heading or ''} {c.text}")))
+                for c in chunks
+            ]
+            self._apply(remove=doc_id if existing else None, add_rows=new_rows, add_vectors=vectors,
+                        info=info, publish=publish)
+        return IngestResult(doc_id, source, "replaced" if existing else "added", len(chunks))
+
+    def delete(self, doc_id: str) -> bool:
+        with self._write_lock:
+            if doc_id not in self._current_documents():
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
+                self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._apply(remove=doc_id, add_rows=[], add_vectors=None, info=None)
+            return True
+
+    # ------------------------------------------------------------ the corpus
+
+    def sync_corpus(self, corpus_path: str | Path) -> list[IngestResult]:
+        """Make the index hold exactly the supported files of ``corpus_path`` (plus documents
+        ingested through the API): new or changed files are indexed, removed ones deleted.
+        Source names are paths relative to the corpus directory, so replicas agree."""
+        root = Path(corpus_path)
+        if not root.is_dir():
+            raise DocumentError(f"corpus path {str(root)!r} is not a directory")
+        results: list[IngestResult] = []
+        seen: set[str] = set()
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        with self._write_lock:
+            for path in files:
+                source = path.relative_to(root).as_posix()
+                if path.suffix.lower() not in CONTENT_TYPES:
+                    results.append(IngestResult(doc_id_for(source), source, "refused", 0,
+                                                f"unsupported document type {path.suffix or '(none)'!r}"))
+                    continue
+                seen.add(doc_id_for(source))
+                try:
+                    results.append(self._ingest(source, path.read_bytes(), None, origin="corpus", publish=False))
+                except DocumentError as exc:
+                    results.append(IngestResult(doc_id_for(source), source, "refused", 0, str(exc)))
+                except OSError as exc:
+                    results.append(IngestResult(doc_id_for(source), source, "refused", 0, f"cannot read: {exc}"))
+            gone = [doc_id for (doc_id,) in self._db.execute("SELECT doc_id FROM documents WHERE origin='corpus'")
+                    if doc_id not in seen]
+            for doc_id in gone:
+                self.delete(doc_id)
+            self._flush()
+        self._ready = True
+        counts = {s: sum(1 for r in results if r.status == s) for s in ("added", "replaced", "unchanged", "refused")}
+        log.info("corpus indexed", extra={"corpus": str(root), **counts, "removed": len(gone), "chunks": self.chunk_count})
+        return results
+
+    # ------------------------------------------------------- in-memory state
+
+    def _empty_snapshot(self) -> _Snapshot:
+        dim = self._embedder.dim
+        return _Snapshot(np.zeros((0, dim), np.float32), [], BM25Index([]), {}, self._version({}))
+
+    def _version(self, documents: dict[str, DocumentInfo]) -> str:
+        payload = [self._index_params(), sorted((d.doc_id, d.sha256) for d in documents.values())]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _publish(self, rows: list[_ChunkRow], vectors: np.ndarray, documents: dict[str, DocumentInfo]) -> None:
+        bm25 = BM25Index([list(r.tokens) for r in rows])
+        self._snap = _Snapshot(vectors, rows, bm25, documents, self._version(documents))
+
+    def _current_documents(self) -> dict[str, DocumentInfo]:
+        # During bulk corpus indexing the latest state is the unpublished one.
+        return self._pending[2] if self._pending is not None else self._snap.documents
+
+    def _apply(self, remove: str | None, add_rows: list[_ChunkRow], add_vectors: np.ndarray | None,
+               info: DocumentInfo | None, publish: bool = True) -> None:
+        """Apply one change to the in-memory state; with publish=False, accumulate (bulk indexing
+        publishes once at the end instead of rebuilding BM25 after every file)."""
+        pending = self._pending
+        if pending is None:
+            rows, n, documents = list(self._snap.rows), len(self._snap.rows), dict(self._snap.documents)
+        else:
+            rows, n, documents = pending
+        buffer = self._capacity_buffer
+        if remove is not None:
+            keep = [i for i, r in enumerate(rows) if r.doc_id != remove]
+            if len(keep) != len(rows):
+                # A fresh buffer: readers of the old snapshot keep their view of the old one.
+                buffer = np.array(buffer[:n][keep], dtype=np.float32)
+                rows = [rows[i] for i in keep]
+                n = len(rows)
+            documents.pop(remove, None)
+        if add_rows:
+            need = n + len(add_rows)
+            if need > buffer.shape[0]:
+                grown = np.zeros((max(need, 2 * buffer.shape[0], 256), self._embedder.dim), dtype=np.float32)
+                grown[:n] = buffer[:n]
+                buffer = grown
+            # Rows past the published n are not visible to any reader, so writing them in place is safe.
+            buffer[n:need] = add_vectors
+            rows = rows + add_rows
+            n = need
+        if info is not None:
+            documents[info.doc_id] = info
+        self._capacity_buffer = buffer
+        if publish:
+            self._pending = None
+            self._publish(rows, buffer[:n], documents)
+        else:
+            self._pending = (rows, n, documents)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            rows, n, documents = pending
+            self._pending = None
+            self._publish(rows, self._capacity_buffer[:n], documents)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._db.close()
