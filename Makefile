@@ -61,3 +61,13 @@ bench: venv system-deps ## Benchmarks: writes bench/results/*.json and a PNG plo
 .PHONY: e2e
 e2e: venv ## End-to-end on a kind cluster (needs Docker; not run in CI here)
 	@bash hack/pytest.sh $(PY) -m e2e tests/e2e $(PYTEST_ARGS)
+
+##@ Operator
+
+.PHONY: manifests
+manifests: venv ## Regenerate manifests/crd/bases/kuberag.io_ragservices.yaml from kuberag_operator/crd.py
+	$(PY) -m kuberag_operator.crd manifests/crd/bases/kuberag.io_ragservices.yaml
+
+.PHONY: bench-operator
+bench-operator: venv system-deps tools ## Operator: apply-to-children latency, time to reconcile 100 RagServices
+	$(PY) -m bench.operator
