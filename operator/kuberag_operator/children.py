@@ -1,0 +1,390 @@
+"""``desired_children(ragservice)``: the pure function from a RagService to the objects it owns.
+
+No I/O here: the reconcile loop applies what this returns (server-side apply), unit tests call it
+directly. Every child carries the standard ``app.kubernetes.io/*`` labels and a controller owner
+reference to the RagService. The pod shape is the pinned operator<->API contract
+(``kuberag_contract``): env names, ports, probes, config directory, hardening, Redis sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import kopf
+import msgspec
+from kuberag_contract import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_STATIC_CONFIG_HASH,
+    API_COMMAND,
+    APP_NAME,
+    CONFIG_DIR,
+    CONFIG_FILENAME,
+    CONFIG_PATH,
+    CONTAINER_API,
+    CONTAINER_REDIS,
+    CORPUS_DIR,
+    DATA_DIR,
+    DEFAULT_HOST_POD,
+    DEFAULT_REDIS_URL,
+    ENV_ADMIN_API_KEY,
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ENV_EMBEDDINGS_API_KEY,
+    ENV_HOST,
+    ENV_LIMITER_REDIS_URL,
+    ENV_LLM_API_KEY,
+    ENV_METRICS_PORT,
+    ENV_NAMESPACE,
+    ENV_PORT,
+    ENV_REDIS_URL,
+    ENV_SERVICE_NAME,
+    ENV_VECTOR_STORE_API_KEY,
+    HTTP_PORT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    MANAGED_BY,
+    METRICS_PORT,
+    PATH_HEALTHZ,
+    PATH_PROM_METRICS,
+    PATH_READYZ,
+    PORT_NAME_HTTP,
+    PORT_NAME_METRICS,
+    RUN_AS_UID,
+    redis_sidecar_args,
+)
+from kuberag_contract.config import (
+    ApiConfig,
+    Cache,
+    ConfigError,
+    Corpus,
+    Endpoint,
+    L1Cache,
+    L2Cache,
+    L3Cache,
+    Providers,
+    RateLimit,
+    Retrieval,
+    config_hash,
+    render_config,
+    static_config_hash,
+)
+
+from kuberag_operator.crd import defaulted_spec
+
+COMPONENT_API = "api"
+COMPONENT_METRICS = "metrics"
+VOLUME_CONFIG = "config"
+VOLUME_DATA = "data"
+VOLUME_CORPUS = "corpus"
+
+# (group/version, kind) of every child kind the operator may own; kinds it prunes when not desired.
+OPTIONAL_KINDS = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+)
+
+
+class SpecError(ValueError):
+    """The spec passed the schema but cannot be turned into a valid config; the message names the field."""
+
+
+def child_name(owner: str, suffix: str | None = None) -> str:
+    """The child's name: the owner's name plus a suffix, kept a valid 63-character DNS label."""
+    if not suffix:
+        return owner
+    name = f"{owner}-{suffix}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:6]
+    return f"{owner[: 63 - len(suffix) - len(digest) - 2].rstrip('-')}-{digest}-{suffix}"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
+
+
+def selector_string(name: str) -> str:
+    """``status.selector`` for the scale subresource (and the HPA)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def child_labels(name: str, component: str = COMPONENT_API) -> dict[str, str]:
+    return {**selector_labels(name), LABEL_COMPONENT: component, LABEL_PART_OF: APP_NAME, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def endpoint_url(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc:{HTTP_PORT}"
+
+
+def uses_autoscaling(spec: dict) -> bool:
+    return spec.get("autoscaling") is not None
+
+
+def per_pod_total(total: int | None, replicas: int) -> int | None:
+    """A service-wide total divided over the pods: rounded up, at least 1."""
+    if total is None:
+        return None
+    return max(1, math.ceil(total / max(1, replicas)))
+
+
+def api_config(spec: dict, replicas: int) -> ApiConfig:
+    """The per-pod config file of a (defaulted) spec, validated by the contract's own schema."""
+    rl, cache, ret = spec["rateLimit"], spec["cache"], spec["retrieval"]
+
+    def endpoint(key: str) -> Endpoint | None:
+        e = spec.get(key)
+        return None if e is None else Endpoint(url=e["url"], model=e.get("model"))
+
+    try:
+        built = ApiConfig(
+            rate_limit=RateLimit(
+                enabled=rl["enabled"],
+                requests_per_minute=rl["requestsPerMinute"],
+                burst=rl["burst"],
+                key_source=rl["keySource"],
+                scope=rl["scope"],
+                total_requests_per_minute=per_pod_total(rl.get("totalRequestsPerMinute"), replicas),
+            ),
+            cache=Cache(
+                l1=L1Cache(max_entries=cache["l1"]["maxEntries"], ttl_seconds=cache["l1"]["ttlSeconds"]),
+                l2=L2Cache(enabled=cache["l2"]["enabled"], ttl_seconds=cache["l2"]["ttlSeconds"]),
+                l3=L3Cache(enabled=cache["l3"]["enabled"], max_entries=cache["l3"]["maxEntries"],
+                           ttl_seconds=cache["l3"]["ttlSeconds"], threshold=float(cache["l3"]["threshold"])),
+            ),
+            providers=Providers(llm=endpoint("llm"), embeddings=endpoint("embeddings"),
+                                vector_store=endpoint("vectorStore")),
+            corpus=Corpus(path=CORPUS_DIR if spec.get("corpus") else None),
+            retrieval=Retrieval(top_k=ret["topK"], chunk_size=ret["chunkSize"], chunk_overlap=ret["chunkOverlap"]),
+        )
+        # Constructors skip msgspec's constraints; a round trip validates exactly as the API will.
+        return msgspec.convert(msgspec.to_builtins(built), ApiConfig)
+    except (msgspec.ValidationError, ConfigError, TypeError) as exc:
+        raise SpecError(f"spec does not make a valid API config: {exc}") from None
+
+
+def secret_refs(spec: dict) -> list[tuple[str, dict]]:
+    """Every Secret the pods read, as (spec field path, {name, key}): the operator checks they exist."""
+    refs = []
+    if spec.get("adminKeySecretRef"):
+        refs.append(("spec.adminKeySecretRef", spec["adminKeySecretRef"]))
+    for field in ("llm", "embeddings", "vectorStore"):
+        ref = (spec.get(field) or {}).get("apiKeySecretRef")
+        if ref:
+            refs.append((f"spec.{field}.apiKeySecretRef", ref))
+    redis = spec["rateLimit"].get("redis") or {}
+    if spec["rateLimit"]["scope"] == "shared" and redis.get("secretRef"):
+        refs.append(("spec.rateLimit.redis.secretRef", redis["secretRef"]))
+    return refs
+
+
+def _secret_env(env_name: str, ref: dict) -> dict:
+    return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}}}
+
+
+def _security_context() -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _api_env(name: str, spec: dict) -> list[dict]:
+    env = [
+        {"name": ENV_HOST, "value": DEFAULT_HOST_POD},
+        {"name": ENV_PORT, "value": str(HTTP_PORT)},
+        {"name": ENV_METRICS_PORT, "value": str(METRICS_PORT)},
+        {"name": ENV_CONFIG, "value": CONFIG_PATH},
+        {"name": ENV_DATA_DIR, "value": DATA_DIR},
+        {"name": ENV_REDIS_URL, "value": DEFAULT_REDIS_URL},
+        {"name": ENV_SERVICE_NAME, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_INSTANCE}']"}}},
+        {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    rl = spec["rateLimit"]
+    if rl["scope"] == "shared":
+        redis = rl.get("redis") or {}
+        if redis.get("secretRef"):
+            env.append(_secret_env(ENV_LIMITER_REDIS_URL, redis["secretRef"]))
+        else:
+            env.append({"name": ENV_LIMITER_REDIS_URL, "value": redis["url"]})
+    if spec.get("adminKeySecretRef"):
+        env.append(_secret_env(ENV_ADMIN_API_KEY, spec["adminKeySecretRef"]))
+    for field, env_name in (("llm", ENV_LLM_API_KEY), ("embeddings", ENV_EMBEDDINGS_API_KEY),
+                            ("vectorStore", ENV_VECTOR_STORE_API_KEY)):
+        ref = (spec.get(field) or {}).get("apiKeySecretRef")
+        if ref:
+            env.append(_secret_env(env_name, ref))
+    return env
+
+
+def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
+    probe = {"httpGet": {"path": PATH_HEALTHZ, "port": PORT_NAME_HTTP}, "periodSeconds": 10, "timeoutSeconds": 3}
+    api = {
+        "name": CONTAINER_API,
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": list(API_COMMAND),
+        "env": _api_env(name, spec),
+        "ports": [
+            {"name": PORT_NAME_HTTP, "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": PORT_NAME_METRICS, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # Index building at start may take a while: the startup probe holds liveness off meanwhile.
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
+        "livenessProbe": {**probe, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": PATH_READYZ, "port": PORT_NAME_HTTP}, "periodSeconds": 5,
+                           "timeoutSeconds": 3, "failureThreshold": 2},
+        "resources": spec["resources"],
+        "securityContext": _security_context(),
+        "volumeMounts": [
+            # The whole directory, never subPath: the kubelet's atomic ..data swap then reaches the pod.
+            {"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": VOLUME_DATA, "mountPath": DATA_DIR},
+        ],
+    }
+    volumes: list[dict[str, Any]] = [
+        {"name": VOLUME_CONFIG, "configMap": {"name": child_name(name, "config")}},
+        {"name": VOLUME_DATA, "emptyDir": {}},
+    ]
+    corpus = spec.get("corpus") or {}
+    if corpus.get("configMap"):
+        volumes.append({"name": VOLUME_CORPUS, "configMap": {"name": corpus["configMap"]["name"]}})
+    elif corpus.get("volume"):
+        volumes.append({"name": VOLUME_CORPUS, **corpus["volume"]})
+    if corpus:
+        api["volumeMounts"].append({"name": VOLUME_CORPUS, "mountPath": CORPUS_DIR, "readOnly": True})
+    redis = spec["cache"]["redis"]
+    sidecar = {
+        "name": CONTAINER_REDIS,
+        "image": redis["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": redis_sidecar_args(redis["maxMemory"]),
+        "ports": [{"name": "redis", "containerPort": 6379, "protocol": "TCP"}],
+        "readinessProbe": {"exec": {"command": ["redis-cli", "-h", "127.0.0.1", "ping"]}, "periodSeconds": 10},
+        "resources": redis["resources"],
+        "securityContext": _security_context(),
+    }
+    pod_labels = child_labels(name)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(name)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                # Only the static part: a rate-limit or TTL edit changes the ConfigMap, not the pods.
+                "annotations": {ANNOTATION_STATIC_CONFIG_HASH: static_config_hash(config)},
+            },
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_UID, "fsGroup": RUN_AS_UID,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [api, sidecar],
+                "volumes": volumes,
+            },
+        },
+    }
+    # With autoscaling the HPA owns replicas: leaving the field out of the apply gives it up.
+    if not uses_autoscaling(spec):
+        deployment_spec["replicas"] = spec["replicas"]
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": pod_labels},
+            "spec": deployment_spec}
+
+
+def desired_replicas(spec: dict, current_replicas: int | None = None) -> int:
+    """The pod count the config is divided over: spec.replicas, or the HPA's current choice."""
+    if uses_autoscaling(spec):
+        lo, hi = spec["autoscaling"]["minReplicas"], spec["autoscaling"]["maxReplicas"]
+        return min(hi, max(lo, current_replicas or lo))
+    return spec["replicas"]
+
+
+def desired_children(ragservice: dict, *, current_replicas: int | None = None) -> list[dict]:
+    """Every object the RagService owns, fully formed for server-side apply.
+
+    ``current_replicas`` is the Deployment's current replica count, used only with autoscaling to
+    divide ``rateLimit.totalRequestsPerMinute`` over the pods the HPA chose.
+    Raises SpecError when the spec cannot make a valid config.
+    """
+    meta = ragservice["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    spec = defaulted_spec(ragservice.get("spec"))
+    replicas = desired_replicas(spec, current_replicas)
+    config = api_config(spec, replicas)
+    config_text = render_config(config)
+
+    children: list[dict] = [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": child_name(name, "config"), "labels": child_labels(name, "config"),
+                      "annotations": {ANNOTATION_CONFIG_HASH: config_hash(config_text)}},
+         "data": {CONFIG_FILENAME: config_text}},
+        _deployment(name, spec, config),
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": name, "labels": child_labels(name)},
+         "spec": {"type": "ClusterIP", "selector": selector_labels(name),
+                  "ports": [{"name": PORT_NAME_HTTP, "port": HTTP_PORT, "targetPort": PORT_NAME_HTTP, "protocol": "TCP"}]}},
+        # A separate Service for metrics: the public one never exposes the metrics port by accident.
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": child_name(name, "metrics"), "labels": child_labels(name, COMPONENT_METRICS)},
+         "spec": {"type": "ClusterIP", "selector": selector_labels(name),
+                  "ports": [{"name": PORT_NAME_METRICS, "port": METRICS_PORT, "targetPort": PORT_NAME_METRICS,
+                             "protocol": "TCP"}]}},
+    ]
+    if uses_autoscaling(spec):
+        a = spec["autoscaling"]
+        children.append({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "labels": child_labels(name)},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": a["minReplicas"], "maxReplicas": a["maxReplicas"],
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                    "type": "Utilization", "averageUtilization": a["targetCPUUtilizationPercentage"]}}}],
+            },
+        })
+    min_pods = spec["autoscaling"]["minReplicas"] if uses_autoscaling(spec) else spec["replicas"]
+    if min_pods > 1:
+        children.append({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "labels": child_labels(name)},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name)}},
+        })
+    if spec["networkPolicy"]["enabled"]:
+        children.append({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": child_labels(name)},
+            "spec": {
+                "podSelector": {"matchLabels": selector_labels(name)},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [{"podSelector": {}}], "ports": [{"port": PORT_NAME_HTTP, "protocol": "TCP"}]},
+                    {"from": [{"namespaceSelector": {}}], "ports": [{"port": PORT_NAME_METRICS, "protocol": "TCP"}]},
+                ],
+            },
+        })
+    sm = spec["monitoring"]["serviceMonitor"]
+    if sm["enabled"]:
+        children.append({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": name, "labels": child_labels(name, COMPONENT_METRICS)},
+            "spec": {
+                "selector": {"matchLabels": {**selector_labels(name), LABEL_COMPONENT: COMPONENT_METRICS}},
+                "endpoints": [{"port": PORT_NAME_METRICS, "path": PATH_PROM_METRICS, "interval": sm["interval"]}],
+            },
+        })
+    for child in children:
+        child["metadata"]["namespace"] = namespace
+        # kopf's helper sets a controller owner reference with blockOwnerDeletion.
+        kopf.append_owner_reference(child, owner=ragservice)
+    return children

@@ -1,0 +1,355 @@
+"""The one source of the RagService CustomResourceDefinition.
+
+``make manifests`` writes ``manifests/crd/bases/kuberag.io_ragservices.yaml`` from
+``custom_resource_definition()``; a unit test fails when the file drifts. Defaults that overlap
+the API config file come from ``kuberag_contract.config`` so the two never disagree, and
+``with_defaults()`` applies the schema's defaults the way the API server does, so the operator
+and its unit tests see the same fully-defaulted spec a real cluster stores.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import yaml
+from kuberag_contract import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from kuberag_contract.config import L1Cache, L2Cache, L3Cache, RateLimit, Retrieval
+
+DEFAULT_IMAGE = "ghcr.io/kuberag/kuberag:0.1.0"
+DEFAULT_REDIS_IMAGE = "redis:7.4-alpine"
+DEFAULT_REDIS_MAXMEMORY = "64mb"
+DEFAULT_SECRET_KEY = "apiKey"
+MAX_NAME_LENGTH = 63
+
+_RATE = RateLimit()
+_L1, _L2, _L3 = L1Cache(), L2Cache(), L3Cache()
+_RETRIEVAL = Retrieval()
+
+
+def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, fmt: str = "int32",
+         description: str | None = None) -> dict:
+    s: dict[str, Any] = {"type": "integer", "format": fmt}
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    if description:
+        s["description"] = description
+    return s
+
+
+def _str(description: str | None = None, default: str | None = None, max_length: int = 253, **extra: Any) -> dict:
+    s: dict[str, Any] = {"type": "string", "maxLength": max_length, **extra}
+    if default is not None:
+        s["default"] = default
+    if description:
+        s["description"] = description
+    return s
+
+
+def _obj(properties: dict, description: str | None = None, required: list[str] | None = None,
+         default: dict | None = None, rules: list[dict] | None = None) -> dict:
+    s: dict[str, Any] = {"type": "object", "properties": properties}
+    if description:
+        s["description"] = description
+    if required:
+        s["required"] = required
+    if default is not None:
+        s["default"] = default
+    if rules:
+        s["x-kubernetes-validations"] = rules
+    return s
+
+
+def _bool(default: bool, description: str | None = None) -> dict:
+    s: dict[str, Any] = {"type": "boolean", "default": default}
+    if description:
+        s["description"] = description
+    return s
+
+
+def _secret_key_ref(description: str) -> dict:
+    return _obj(
+        {
+            "name": _str("Name of the Secret (same namespace).", max_length=253),
+            "key": _str("Key inside the Secret.", default=DEFAULT_SECRET_KEY, max_length=253),
+        },
+        description=description,
+        required=["name"],
+    )
+
+
+_QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+
+
+def _resources(description: str, default: dict) -> dict:
+    quantities = {"type": "object", "additionalProperties": _QUANTITY}
+    return _obj({"limits": quantities, "requests": quantities}, description=description, default=default)
+
+
+def _endpoint(what: str) -> dict:
+    return _obj(
+        {
+            "url": _str(f"Base URL of the {what}.", max_length=2048),
+            "model": _str("Model name.", max_length=253),
+            "apiKeySecretRef": _secret_key_ref(f"Secret holding the {what}'s API key."),
+        },
+        description=f"The {what}. Absent: the embedded offline default.",
+        required=["url"],
+    )
+
+
+def spec_schema() -> dict:
+    """OpenAPI v3 schema of ``spec``: defaults, bounds, and CEL rules whose messages name the field."""
+    return _obj(
+        {
+            "image": _str("Image of the API container (entrypoint `kuberag serve`).", default=DEFAULT_IMAGE, max_length=512),
+            "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
+            "replicas": _int(0, 100, 1, description="Pod count when autoscaling is not set (the scale subresource's field)."),
+            "autoscaling": _obj(
+                {
+                    "minReplicas": _int(1, 100, 1),
+                    "maxReplicas": _int(1, 100),
+                    "targetCPUUtilizationPercentage": _int(1, 100, 80),
+                },
+                description="Run a HorizontalPodAutoscaler; the operator then never writes the Deployment's replicas.",
+                required=["maxReplicas"],
+                rules=[{
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas",
+                    "fieldPath": ".minReplicas",
+                }],
+            ),
+            "rateLimit": _obj(
+                {
+                    "enabled": _bool(_RATE.enabled),
+                    "requestsPerMinute": _int(1, 1_000_000, _RATE.requests_per_minute, description="Per client."),
+                    "burst": _int(1, 1_000_000, _RATE.burst, description="Token-bucket size per client."),
+                    "keySource": {"type": "string", "enum": ["auto", "userId", "apiKey", "ip"],
+                                  "default": _RATE.key_source,
+                                  "description": "auto: the body's user_id, else the API key, else the client IP."},
+                    "scope": {"type": "string", "enum": ["perReplica", "shared"], "default": _RATE.scope,
+                              "description": "perReplica: each pod limits on its own (a client spread over N pods may "
+                                             "get up to N times the limit). shared: exact across pods through a shared Redis."},
+                    "totalRequestsPerMinute": _int(1, 100_000_000, description=(
+                        "Optional service-wide limit over all clients; the operator divides it by the current "
+                        "replica count (rounding up, at least 1) into each pod's config.")),
+                    "redis": _obj(
+                        {
+                            "url": _str("redis:// URL of the shared limiter Redis.", max_length=2048),
+                            "secretRef": _secret_key_ref("Secret holding the shared limiter Redis URL."),
+                        },
+                        description="The shared Redis for scope shared.",
+                        rules=[{"rule": "!(has(self.url) && has(self.secretRef))",
+                                "message": "spec.rateLimit.redis: set either url or secretRef, not both"}],
+                    ),
+                },
+                default={},
+                rules=[{
+                    "rule": "self.scope != 'shared' || (has(self.redis) && (has(self.redis.url) || has(self.redis.secretRef)))",
+                    "message": "spec.rateLimit.scope 'shared' requires spec.rateLimit.redis.url or spec.rateLimit.redis.secretRef",
+                    "fieldPath": ".scope",
+                }],
+            ),
+            "cache": _obj(
+                {
+                    "l1": _obj({"maxEntries": _int(0, 10_000_000, _L1.max_entries),
+                                "ttlSeconds": _int(1, 31_536_000, _L1.ttl_seconds)}, default={}),
+                    "l2": _obj({"enabled": _bool(_L2.enabled),
+                                "ttlSeconds": _int(1, 31_536_000, _L2.ttl_seconds)}, default={}),
+                    "l3": _obj(
+                        {
+                            "enabled": _bool(_L3.enabled),
+                            "maxEntries": _int(0, 10_000_000, _L3.max_entries),
+                            "ttlSeconds": _int(1, 31_536_000, _L3.ttl_seconds),
+                            "threshold": {"type": "number", "default": _L3.threshold,
+                                          "description": "Cosine similarity of question embeddings, in (0,1]; higher is stricter."},
+                        },
+                        default={},
+                        rules=[{"rule": "self.threshold > 0.0 && self.threshold <= 1.0",
+                                "message": "spec.cache.l3.threshold must be in (0,1] (cosine similarity, higher is stricter)",
+                                "fieldPath": ".threshold"}],
+                    ),
+                    "redis": _obj(
+                        {
+                            "image": _str("Image of the Redis sidecar.", default=DEFAULT_REDIS_IMAGE, max_length=512),
+                            "maxMemory": _str("Redis maxmemory (e.g. 64mb, 1gb).", default=DEFAULT_REDIS_MAXMEMORY,
+                                              max_length=16, pattern="^[0-9]+(b|kb|mb|gb|k|m|g)?$"),
+                            "resources": _resources("Resources of the Redis sidecar.",
+                                                    {"requests": {"cpu": "10m", "memory": "32Mi"},
+                                                     "limits": {"memory": "128Mi"}}),
+                        },
+                        default={},
+                        description="The L2 Redis sidecar.",
+                    ),
+                },
+                default={},
+            ),
+            "corpus": _obj(
+                {
+                    "configMap": _obj({"name": _str("ConfigMap holding the documents.")}, required=["name"]),
+                    "volume": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                               "description": "A Kubernetes volume source (e.g. persistentVolumeClaim) holding the documents."},
+                },
+                description="The read-only source every replica indexes at start.",
+                rules=[{"rule": "!(has(self.configMap) && has(self.volume))",
+                        "message": "spec.corpus: set either configMap or volume, not both"}],
+            ),
+            "retrieval": _obj(
+                {
+                    "topK": _int(1, 50, _RETRIEVAL.top_k),
+                    "chunkSize": _int(100, 8000, _RETRIEVAL.chunk_size),
+                    "chunkOverlap": _int(0, 4000, _RETRIEVAL.chunk_overlap),
+                },
+                default={},
+                rules=[{"rule": "self.chunkOverlap < self.chunkSize",
+                        "message": "spec.retrieval.chunkOverlap must be smaller than spec.retrieval.chunkSize",
+                        "fieldPath": ".chunkOverlap"}],
+            ),
+            "llm": _endpoint("OpenAI-compatible chat endpoint"),
+            "embeddings": _endpoint("OpenAI-compatible embeddings endpoint"),
+            "vectorStore": _endpoint("shared vector store (Weaviate)"),
+            "adminKeySecretRef": _secret_key_ref("Secret holding the admin API key (X-API-Key) of DELETE /cache and ingestion."),
+            "resources": _resources("Resources of the API container.",
+                                    {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}),
+            "monitoring": _obj(
+                {"serviceMonitor": _obj(
+                    {"enabled": _bool(False), "interval": _str(default="30s", max_length=16, pattern="^[0-9]+(ms|s|m|h)$")},
+                    default={},
+                    description="A prometheus-operator ServiceMonitor for the metrics port (when its CRD is installed).",
+                )},
+                default={},
+            ),
+            "networkPolicy": _obj({"enabled": _bool(False)}, default={},
+                                  description="Admit only same-namespace pods to the http port and anyone to the metrics port."),
+            "ingestion": _obj({"enabled": _bool(False, "Allow document ingestion through the API (admin).")}, default={}),
+        },
+        default={},
+        rules=[{
+            "rule": "!self.ingestion.enabled || has(self.vectorStore) || (!has(self.autoscaling) && self.replicas <= 1)",
+            "message": "spec.ingestion.enabled with more than one replica or autoscaling requires a shared vector store "
+                       "(spec.vectorStore): replicas would index different documents",
+            "fieldPath": ".ingestion.enabled",
+        }],
+    )
+
+
+def status_schema() -> dict:
+    condition = _obj(
+        {
+            "type": _str(max_length=316),
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": _str(max_length=1024),
+            "message": _str(max_length=32768),
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": _int(0, fmt="int64"),
+        },
+        required=["type", "status", "lastTransitionTime"],
+    )
+    return _obj(
+        {
+            "observedGeneration": _int(fmt="int64"),
+            "replicas": _int(),
+            "readyReplicas": _int(),
+            "selector": _str("Label selector of the pods (scale subresource).", max_length=1024),
+            "endpoint": _str("In-cluster URL of the API.", max_length=1024),
+            "configHash": _str("sha256 of the config file the pods run with.", max_length=64),
+            "conditions": {"type": "array", "items": condition, "x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]},
+        }
+    )
+
+
+def custom_resource_definition() -> dict:
+    """The CustomResourceDefinition of RagService, as a dict ready to apply or dump."""
+    schema = _obj(
+        {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+        description="A retrieval-augmented question-answering API run by the kuberag operator.",
+        rules=[
+            {"rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+             "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it names the Service)"},
+            {"rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+             "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter)"},
+        ],
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": list(SHORT_NAMES)},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": schema},
+                "subresources": {
+                    "status": {},
+                    "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                              "labelSelectorPath": ".status.selector"},
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+                    {"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+            }],
+        },
+    }
+
+
+def with_defaults(schema: dict, value: Any) -> Any:
+    """``value`` with the schema's defaults filled in, as the API server's structural defaulting does.
+
+    The operator applies them itself so a spec read from a cluster that runs an older CRD, or one a
+    unit test writes by hand, behaves exactly like a freshly defaulted one.
+    """
+    if isinstance(value, dict) and schema.get("type") == "object":
+        out = dict(value)
+        for key, prop in schema.get("properties", {}).items():
+            if key not in out and "default" in prop:
+                out[key] = copy.deepcopy(prop["default"])
+            if key in out:
+                out[key] = with_defaults(prop, out[key])
+        return out
+    return value
+
+
+def defaulted_spec(spec: dict | None) -> dict:
+    return with_defaults(spec_schema(), spec or {})
+
+
+def render_yaml() -> str:
+    header = "# Generated by `make manifests` from operator/kuberag_operator/crd.py: do not edit.\n"
+    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, default_flow_style=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kuberag_operator.crd [PATH]``: write the CRD YAML (stdout without PATH)."""
+    argv = sys.argv[1:] if argv is None else argv
+    text = render_yaml()
+    if argv:
+        with open(argv[0], "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

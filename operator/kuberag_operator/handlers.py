@@ -1,0 +1,141 @@
+"""kopf wiring: every trigger calls the one ``reconcile()``.
+
+- create / update (of spec) / resume of a RagService: reconcile, with backoff on errors;
+- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy, found by
+  the operator's managed-by label and mapped to its controller owner): reconcile the owner, so a
+  deleted or hand-edited child comes back within seconds and status follows the pods;
+- a slow timer per RagService as a safety net (ServiceMonitors are not watched: their CRD may
+  appear later, and kopf only watches resources present at start).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+
+from kuberag_operator import metrics
+from kuberag_operator.kube import Cluster
+from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, reconcile
+
+logger = logging.getLogger(__name__)
+
+TIMER_INTERVAL_SECONDS = 300.0
+# Owned kinds watched for drift: (group, version, plural).
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+)
+# What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
+KOPF_PERMISSIONS = frozenset(
+    {(g, p, v) for g, _, p in WATCHED_CHILDREN for v in ("list", "watch")}
+    | {(GROUP, PLURAL, v) for v in ("list", "watch", "patch")}  # patch: kopf's progress annotations
+    | {("", "events", "create")}
+)
+
+_cluster: Cluster | None = None
+_serializer = KeyedSerializer()
+_managed: set[tuple[str, str]] = set()
+
+
+def cluster() -> Cluster:
+    global _cluster
+    if _cluster is None:
+        _cluster = Cluster()
+    return _cluster
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    # Progress in annotations under our own prefix: status is a strict schema kopf must not write to.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    # Strict mode: no namespace/CRD scanning, so no cluster-wide list/watch of those (least privilege).
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+
+
+def _run(namespace: str, name: str, *, wait: bool) -> Outcome | None:
+    outcome = _serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait)
+    if outcome is not None:
+        if outcome.ragservice is None:
+            _managed.discard((namespace, name))
+        else:
+            _managed.add((namespace, name))
+        metrics.MANAGED_RAGSERVICES.set(len(_managed))
+    return outcome
+
+
+def _backoff(retry: int) -> float:
+    return min(5.0 * 2 ** retry, 120.0)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, reason: str, **_: object) -> None:
+    try:
+        outcome = _run(namespace, name, wait=True)
+    except ReconcileFailed as exc:
+        kopf.warn(body, reason="ReconcileFailed", message=str(exc))
+        if exc.temporary:
+            raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
+        raise kopf.PermanentError(str(exc)) from None
+    if outcome is not None and outcome.ragservice is not None and (outcome.created or outcome.changed or outcome.pruned):
+        kopf.info(body, reason="Created" if reason == "create" else "Updated", message=_describe(outcome))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget_ragservice(namespace: str, name: str, **_: object) -> None:
+    _managed.discard((namespace, name))
+    metrics.MANAGED_RAGSERVICES.set(len(_managed))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, initial_delay=TIMER_INTERVAL_SECONDS, idle=60)
+def resync_ragservice(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
+    _reconcile_from_event(namespace, name, body)
+
+
+def _controller_owner(body: kopf.Body) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return ref.get("name")
+    return None
+
+
+def _reconcile_from_event(namespace: str, name: str, event_body: kopf.Body | None) -> None:
+    try:
+        outcome = _run(namespace, name, wait=False)
+    except ReconcileFailed as exc:
+        logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
+        return
+    if outcome is not None and outcome.ragservice is not None and outcome.drift:
+        kopf.info(outcome.ragservice, reason="DriftCorrected", message=_describe(outcome))
+
+
+def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: object) -> None:
+    owner = _controller_owner(body)
+    # type None is the initial listing: resume handlers already reconcile every RagService.
+    if owner is None or type is None:
+        return
+    _reconcile_from_event(namespace, owner, None)
+
+
+for _group, _version, _plural in WATCHED_CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+
+
+def _describe(outcome: Outcome) -> str:
+    parts = []
+    for label, items in (("created", outcome.created), ("changed", outcome.changed), ("pruned", outcome.pruned)):
+        if items:
+            parts.append(f"{label} {', '.join(items)}")
+    return "; ".join(parts) or "children up to date"

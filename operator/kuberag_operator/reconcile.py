@@ -1,0 +1,206 @@
+"""``reconcile()``: one idempotent pass that makes a RagService's children and status match its spec.
+
+Every trigger calls it (create, update, resume, a change of an owned child, the slow timer).
+It re-reads the RagService, checks the Secrets the pods need, applies ``desired_children()``
+with server-side apply, prunes optional children that are no longer wanted and writes status.
+Calls for one RagService are serialised; a call arriving while one runs is coalesced into a
+single re-run (the way a controller work queue deduplicates keys).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from kuberag_contract import ANNOTATION_CONFIG_HASH
+from kubernetes import client
+
+from kuberag_operator import metrics
+from kuberag_operator.children import (
+    OPTIONAL_KINDS,
+    SpecError,
+    desired_children,
+    desired_replicas,
+    endpoint_url,
+    secret_refs,
+    selector_string,
+    uses_autoscaling,
+)
+from kuberag_operator.crd import defaulted_spec
+from kuberag_operator.kube import Cluster
+from kuberag_operator.status import (
+    MONITORING,
+    Condition,
+    deployment_conditions,
+    failure_conditions,
+    merge_conditions,
+    now_rfc3339,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ReconcileFailed(Exception):
+    """The RagService could not be reconciled; the message says why (already written to status)."""
+
+    def __init__(self, message: str, *, temporary: bool) -> None:
+        super().__init__(message)
+        self.temporary = temporary
+
+
+@dataclass
+class Outcome:
+    ragservice: dict | None  # None: the RagService is gone (or being deleted)
+    created: list[str] = field(default_factory=list)  # "Kind/name" of children created
+    changed: list[str] = field(default_factory=list)  # ... changed by the apply
+    pruned: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)  # created/changed while the spec had not changed
+
+
+def _ref(obj: dict) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _write_status(cluster: Cluster, rs: dict, status: dict) -> None:
+    current = rs.get("status") or {}
+    if all(current.get(k) == v for k, v in status.items()):
+        return  # nothing changed: no write, no watch event
+    cluster.patch_ragservice_status(rs["metadata"]["namespace"], rs["metadata"]["name"], status)
+
+
+def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: bool, result: str) -> ReconcileFailed:
+    old = (rs.get("status") or {}).get("conditions")
+    conditions = merge_conditions(old, failure_conditions(old, reason, message), now_rfc3339(),
+                                  rs["metadata"].get("generation"))
+    try:
+        _write_status(cluster, rs, {"conditions": conditions})
+    except client.ApiException as exc:  # the failure itself is what matters; status is best effort
+        logger.warning("could not write Degraded status of %s: %s", rs["metadata"]["name"], exc.reason)
+    metrics.RECONCILES.labels(result).inc()
+    return ReconcileFailed(message, temporary=temporary)
+
+
+def reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
+    """Make the children and status of RagService ``namespace/name`` match its spec."""
+    with metrics.RECONCILE_DURATION.time():
+        return _reconcile(cluster, namespace, name)
+
+
+def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
+    rs = cluster.get_ragservice(namespace, name)
+    if rs is None or rs["metadata"].get("deletionTimestamp"):
+        return Outcome(ragservice=None)
+    generation = rs["metadata"].get("generation")
+    status = rs.get("status") or {}
+    spec = defaulted_spec(rs.get("spec"))
+
+    # Errors the schema cannot catch: a Secret the pods would fail to start without.
+    problems = []
+    for field_path, ref in secret_refs(spec):
+        problem = cluster.secret_key_problem(namespace, ref["name"], ref["key"])
+        if problem:
+            problems.append(f"{field_path}: {problem}")
+    if problems:
+        raise _fail(cluster, rs, "SecretMissing", "; ".join(problems), temporary=True, result="secret_missing")
+
+    current_replicas = None
+    if uses_autoscaling(spec):
+        deployment = cluster.get("apps/v1", "Deployment", namespace, name)
+        current_replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+    try:
+        children = desired_children(rs, current_replicas=current_replicas)
+    except SpecError as exc:
+        raise _fail(cluster, rs, "InvalidSpec", str(exc), temporary=False, result="invalid_spec") from None
+
+    extra_conditions: list[Condition] = []
+    if any(c["kind"] == "ServiceMonitor" for c in children):
+        if cluster.servicemonitor_crd_installed():
+            extra_conditions.append(Condition(MONITORING, True, "ServiceMonitorApplied",
+                                              "ServiceMonitor for the metrics port applied"))
+        else:
+            children = [c for c in children if c["kind"] != "ServiceMonitor"]
+            cluster.forget_resource("monitoring.coreos.com/v1", "ServiceMonitor")
+            extra_conditions.append(Condition(
+                MONITORING, False, "ServiceMonitorCRDMissing",
+                "spec.monitoring.serviceMonitor.enabled is set but the ServiceMonitor CRD "
+                "(servicemonitors.monitoring.coreos.com, prometheus-operator) is not installed"))
+
+    # In steady state (spec already handled) anything the apply creates or changes was drift.
+    steady = status.get("observedGeneration") == generation
+    outcome = Outcome(ragservice=rs)
+    applied: dict[str, dict] = {}
+    uid = rs["metadata"]["uid"]
+    try:
+        for child in children:
+            before = cluster.get(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
+            after = cluster.apply(child)
+            applied[child["kind"]] = after
+            if before is None:
+                outcome.created.append(_ref(child))
+            elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+                outcome.changed.append(_ref(child))
+            else:
+                continue
+            if steady:
+                outcome.drift.append(_ref(child))
+                metrics.DRIFT_CORRECTIONS.labels(child["kind"]).inc()
+        wanted = {(c["apiVersion"], c["kind"]) for c in children}
+        for api_version, kind in OPTIONAL_KINDS:
+            if (api_version, kind) not in wanted and cluster.delete_owned(api_version, kind, namespace, name, uid):
+                outcome.pruned.append(f"{kind}/{name}")
+    except client.ApiException as exc:
+        detail = exc.body if isinstance(exc.body, str) and exc.body else exc.reason
+        raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {exc.status} {detail}",
+                    temporary=True, result="error") from None
+
+    deployment = applied["Deployment"]
+    dep_status = deployment.get("status") or {}
+    replicas = desired_replicas(spec, current_replicas)
+    conditions = deployment_conditions(deployment, replicas, generation_applied=True) + extra_conditions
+    new_status = {
+        "observedGeneration": generation,
+        "replicas": dep_status.get("replicas") or 0,
+        "readyReplicas": dep_status.get("readyReplicas") or 0,
+        "selector": selector_string(name),
+        "endpoint": endpoint_url(name, namespace),
+        "configHash": applied["ConfigMap"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH],
+        "conditions": merge_conditions(status.get("conditions"), conditions, now_rfc3339(), generation),
+    }
+    _write_status(cluster, rs, new_status)
+    metrics.RECONCILES.labels("success").inc()
+    return outcome
+
+
+class KeyedSerializer:
+    """One run at a time per key; callers that do not wait coalesce into one re-run."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._pending: set[tuple[str, str]] = set()
+
+    def run(self, key: tuple[str, str], fn: Callable[[], T], *, wait: bool) -> T | None:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+            if not wait and not lock.acquire(blocking=False):
+                self._pending.add(key)  # the running pass repeats once it ends
+                return None
+        if wait:
+            lock.acquire()
+        try:
+            while True:
+                with self._guard:
+                    self._pending.discard(key)
+                result = fn()
+                with self._guard:
+                    if key not in self._pending:
+                        lock.release()
+                        return result
+        except BaseException:
+            lock.release()
+            raise
+

@@ -1,0 +1,196 @@
+"""desired_children(): the pure function from a RagService to its children, and the pinned contract."""
+
+import copy
+
+import kuberag_contract as c
+import pytest
+from kuberag_contract.config import config_hash, parse_config, static_config_hash
+from kuberag_operator.children import SpecError, api_config, child_name, desired_children, per_pod_total
+from kuberag_operator.crd import defaulted_spec
+
+pytestmark = pytest.mark.unit
+
+
+def rag(spec=None, name="demo", namespace="team-a"):
+    return {"apiVersion": "kuberag.io/v1alpha1", "kind": "RagService",
+            "metadata": {"name": name, "namespace": namespace, "uid": "uid-1234", "generation": 1},
+            "spec": spec or {}}
+
+
+def by_kind(children):
+    out = {}
+    for ch in children:
+        out.setdefault(ch["kind"], []).append(ch)
+    return out
+
+
+def deployment(children):
+    return by_kind(children)["Deployment"][0]
+
+
+def container(children, name):
+    return next(x for x in deployment(children)["spec"]["template"]["spec"]["containers"] if x["name"] == name)
+
+
+def config_of(children):
+    return parse_config(by_kind(children)["ConfigMap"][0]["data"][c.CONFIG_FILENAME])
+
+
+def test_minimal_spec_makes_configmap_deployment_and_two_services():
+    children = desired_children(rag())
+    assert sorted(ch["kind"] for ch in children) == ["ConfigMap", "Deployment", "Service", "Service"]
+    for ch in children:
+        meta = ch["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["ownerReferences"] == [{"apiVersion": "kuberag.io/v1alpha1", "kind": "RagService", "name": "demo",
+                                            "uid": "uid-1234", "controller": True, "blockOwnerDeletion": True}]
+        assert meta["labels"][c.LABEL_NAME] == "kuberag" and meta["labels"][c.LABEL_INSTANCE] == "demo"
+        assert meta["labels"][c.LABEL_MANAGED_BY] == c.MANAGED_BY
+    services = {s["metadata"]["name"]: s for s in by_kind(children)["Service"]}
+    assert services["demo"]["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert services["demo-metrics"]["spec"]["ports"][0]["name"] == "metrics"
+    assert deployment(children)["spec"]["replicas"] == 1
+
+
+def test_api_container_follows_the_pinned_contract():
+    children = desired_children(rag({"adminKeySecretRef": {"name": "adm"}, "corpus": {"configMap": {"name": "docs"}},
+                                     "llm": {"url": "http://llm:8000/v1", "model": "m",
+                                             "apiKeySecretRef": {"name": "llm-key", "key": "k"}}}))
+    api = container(children, c.CONTAINER_API)
+    assert api["command"] == ["kuberag", "serve"]
+    env = {e["name"]: e for e in api["env"]}
+    assert env[c.ENV_HOST]["value"] == "0.0.0.0"
+    assert env[c.ENV_PORT]["value"] == "8000" and env[c.ENV_METRICS_PORT]["value"] == "9090"
+    assert env[c.ENV_REDIS_URL]["value"] == "redis://127.0.0.1:6379/0"
+    assert env[c.ENV_DATA_DIR]["value"] == c.DATA_DIR and env[c.ENV_CONFIG]["value"] == c.CONFIG_PATH
+    assert env[c.ENV_NAMESPACE]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "app.kubernetes.io/instance" in env[c.ENV_SERVICE_NAME]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert env[c.ENV_ADMIN_API_KEY]["valueFrom"]["secretKeyRef"] == {"name": "adm", "key": "apiKey"}
+    assert env[c.ENV_LLM_API_KEY]["valueFrom"]["secretKeyRef"] == {"name": "llm-key", "key": "k"}
+    assert c.ENV_LIMITER_REDIS_URL not in env  # perReplica scope
+    assert {p["name"]: p["containerPort"] for p in api["ports"]} == {"http": 8000, "metrics": 9090}
+    assert api["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    sc = api["securityContext"]
+    assert sc["runAsNonRoot"] and sc["runAsUser"] == 65532 and sc["readOnlyRootFilesystem"]
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["name"]: m for m in api["volumeMounts"]}
+    assert mounts["config"] == {"name": "config", "mountPath": "/etc/kuberag", "readOnly": True}  # never subPath
+    assert mounts["data"]["mountPath"] == c.DATA_DIR and not mounts["data"].get("readOnly")
+    assert mounts["corpus"]["readOnly"] and mounts["corpus"]["mountPath"] == c.CORPUS_DIR
+    volumes = {v["name"]: v for v in deployment(children)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "demo-config"
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert volumes["corpus"]["configMap"]["name"] == "docs"
+    assert config_of(children).corpus.path == c.CORPUS_DIR
+    assert config_of(children).providers.llm.url == "http://llm:8000/v1"
+
+
+def test_redis_sidecar_is_pinned_and_hardened():
+    children = desired_children(rag({"cache": {"redis": {"maxMemory": "256mb"}}}))
+    redis = container(children, c.CONTAINER_REDIS)
+    assert redis["command"] == c.redis_sidecar_args("256mb")
+    assert "--bind" in redis["command"] and redis["command"][redis["command"].index("--bind") + 1] == "127.0.0.1"
+    assert redis["securityContext"]["readOnlyRootFilesystem"] and redis["securityContext"]["runAsNonRoot"]
+
+
+def test_pod_annotation_is_the_static_hash_and_configmap_carries_the_full_hash():
+    children = desired_children(rag())
+    cm = by_kind(children)["ConfigMap"][0]
+    cfg = config_of(children)
+    ann = deployment(children)["spec"]["template"]["metadata"]["annotations"]
+    assert ann == {c.ANNOTATION_STATIC_CONFIG_HASH: static_config_hash(cfg)}
+    assert cm["metadata"]["annotations"][c.ANNOTATION_CONFIG_HASH] == config_hash(cm["data"][c.CONFIG_FILENAME])
+
+
+def test_rate_limit_and_ttl_edits_change_only_the_configmap():
+    base = {"replicas": 2, "rateLimit": {"requestsPerMinute": 60}}
+    edited = copy.deepcopy(base)
+    edited["rateLimit"]["requestsPerMinute"] = 5
+    edited["cache"] = {"l1": {"ttlSeconds": 30}, "l3": {"threshold": 0.9}}
+    before, after = desired_children(rag(base)), desired_children(rag(edited))
+    assert deployment(before) == deployment(after)
+    assert config_of(after).rate_limit.requests_per_minute == 5
+    assert config_of(after).cache.l3.threshold == 0.9
+    assert by_kind(before)["ConfigMap"] != by_kind(after)["ConfigMap"]
+
+
+@pytest.mark.parametrize("edit", [
+    {"image": "ghcr.io/kuberag/kuberag:0.2.0"},
+    {"resources": {"requests": {"cpu": "1"}}},
+    {"llm": {"url": "http://other/v1"}},
+    {"retrieval": {"topK": 9}},
+])
+def test_static_edits_roll_the_pods(edit):
+    before = deployment(desired_children(rag()))["spec"]["template"]
+    after = deployment(desired_children(rag(edit)))["spec"]["template"]
+    assert before != after
+
+
+def test_total_limit_is_divided_by_replicas_rounding_up():
+    assert per_pod_total(100, 3) == 34 and per_pod_total(2, 5) == 1 and per_pod_total(None, 3) is None
+    cfg = config_of(desired_children(rag({"replicas": 3, "rateLimit": {"totalRequestsPerMinute": 100}})))
+    assert cfg.rate_limit.total_requests_per_minute == 34
+    auto = {"autoscaling": {"minReplicas": 2, "maxReplicas": 8}, "rateLimit": {"totalRequestsPerMinute": 100}}
+    assert config_of(desired_children(rag(auto))).rate_limit.total_requests_per_minute == 50
+    assert config_of(desired_children(rag(auto), current_replicas=5)).rate_limit.total_requests_per_minute == 20
+
+
+def test_autoscaling_adds_hpa_and_leaves_replicas_to_it():
+    children = desired_children(rag({"autoscaling": {"minReplicas": 2, "maxReplicas": 6,
+                                                     "targetCPUUtilizationPercentage": 70}}))
+    kinds = by_kind(children)
+    assert "replicas" not in deployment(children)["spec"]
+    hpa = kinds["HorizontalPodAutoscaler"][0]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert "PodDisruptionBudget" in kinds  # min 2 pods
+
+
+def test_pdb_only_with_more_than_one_replica():
+    assert "PodDisruptionBudget" not in by_kind(desired_children(rag({"replicas": 1})))
+    pdb = by_kind(desired_children(rag({"replicas": 3})))["PodDisruptionBudget"][0]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_monitoring_and_network_policy_toggles():
+    assert {"ServiceMonitor", "NetworkPolicy"}.isdisjoint(by_kind(desired_children(rag())))
+    kinds = by_kind(desired_children(rag({"monitoring": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
+                                          "networkPolicy": {"enabled": True}})))
+    sm = kinds["ServiceMonitor"][0]["spec"]
+    assert sm["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["selector"]["matchLabels"][c.LABEL_COMPONENT] == "metrics"
+    np = kinds["NetworkPolicy"][0]["spec"]
+    assert np["podSelector"]["matchLabels"][c.LABEL_INSTANCE] == "demo"
+
+
+def test_shared_scope_passes_the_limiter_redis():
+    by_url = desired_children(rag({"rateLimit": {"scope": "shared", "redis": {"url": "redis://r:6379/1"}}}))
+    env = {e["name"]: e for e in container(by_url, "api")["env"]}
+    assert env[c.ENV_LIMITER_REDIS_URL]["value"] == "redis://r:6379/1"
+    by_secret = desired_children(rag({"rateLimit": {"scope": "shared", "redis": {"secretRef": {"name": "lim", "key": "url"}}}}))
+    env = {e["name"]: e for e in container(by_secret, "api")["env"]}
+    assert env[c.ENV_LIMITER_REDIS_URL]["valueFrom"]["secretKeyRef"] == {"name": "lim", "key": "url"}
+    assert config_of(by_secret).rate_limit.scope == "shared"
+
+
+def test_desired_children_is_pure_and_deterministic():
+    r = rag({"replicas": 2})
+    snapshot = copy.deepcopy(r)
+    assert desired_children(r) == desired_children(r)
+    assert r == snapshot
+
+
+def test_a_spec_the_contract_refuses_is_a_clear_error():
+    with pytest.raises(SpecError, match="threshold"):
+        api_config(defaulted_spec({"cache": {"l3": {"threshold": 1.5}}}), replicas=1)
+
+
+def test_child_names_stay_valid_dns_labels():
+    long = "a" * 63
+    assert len(child_name(long, "metrics")) <= 63 and child_name(long, "metrics").endswith("-metrics")
+    assert child_name(long, "metrics") != child_name("a" * 62, "metrics")
+    assert child_name("demo", "config") == "demo-config"
