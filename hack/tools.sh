@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Builds the pinned control-plane tools the integration tests run (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok, helm) from Go modules, and copies the
+# prometheus-operator CRDs, into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
+# Outputs are keyed by version, so a second run (or another clone) is a no-op.
+# KUBEBUILDER_ASSETS=DIR: take kube-apiserver and etcd from DIR instead of building/Debian.
+# Writes $TOOLS/paths.json (absolute binary paths) for tests/fixtures/controlplane.py.
+set -euo pipefail
+
+K8S_VERSION=v1.35.4
+KWOK_VERSION=v0.7.0
+HELM_VERSION=v3.19.5
+PROM_OPERATOR_VERSION=v0.86.2
+
+TOOLS=${KUBERAG_TOOLS_DIR:-$HOME/.cache/kuberag/tools}
+mkdir -p "$TOOLS"
+TOOLS=$(cd "$TOOLS" && pwd)
+export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
+# Module downloads also come from the proxy only (no VCS access here).
+export GOPROXY=${GOPROXY:-https://proxy.golang.org}
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+die() { printf '[tools] error: %s\n' "$*" >&2; exit 1; }
+trap 'rc=$?; [ $rc -eq 0 ] || printf "[tools] error: failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' EXIT
+
+command -v go >/dev/null 2>&1 || die "go is not installed (need Go >= 1.25 for Kubernetes $K8S_VERSION)"
+
+# --- Kubernetes control plane -----------------------------------------------------------------
+build_kubernetes() {
+  local out=$TOOLS/kubernetes-$K8S_VERSION bins=(kube-apiserver kube-controller-manager kube-scheduler)
+  local want=() b
+  for b in "${bins[@]}"; do
+    if [ "$b" = kube-apiserver ] && [ -n "${KUBEBUILDER_ASSETS:-}" ]; then continue; fi
+    [ -x "$out/bin/$b" ] || want+=("$b")
+  done
+  if [ ${#want[@]} -eq 0 ]; then log "kubernetes $K8S_VERSION: up to date in $out/bin"; return; fi
+  log "kubernetes $K8S_VERSION: building ${want[*]} (cold build takes many minutes on 2 cores)"
+  local mod=$out/module
+  mkdir -p "$mod" "$out/bin"
+  # k8s.io/kubernetes requires its staging modules at v0.0.0 with `replace => ./staging/...`,
+  # which `go install pkg@version` refuses; a throwaway module pins each to its v0.<minor>.<patch>.
+  local info gomod
+  info=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION") ||
+    die "cannot download k8s.io/kubernetes@$K8S_VERSION from the Go module proxy"
+  gomod=$(printf '%s' "$info" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+  [ -f "$gomod" ] || die "no go.mod for k8s.io/kubernetes@$K8S_VERSION in the module cache"
+  local staging_version=v0.${K8S_VERSION#v1.}
+  {
+    echo "module kuberag.invalid/k8sbins"
+    echo
+    echo "go $(sed -n 's/^go \(.*\)$/\1/p' "$gomod")"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    echo "replace ("
+    awk '/=> \.\/staging\// {print $1}' "$gomod" | while read -r m; do
+      echo "	$m => $m $staging_version"
+    done
+    echo ")"
+  } >"$mod/go.mod"
+  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n)\n\nfunc main() {}\n' >"$mod/tools.go"
+  log "kubernetes $K8S_VERSION: resolving modules ($(grep -c '=>' "$mod/go.mod") staging replaces at $staging_version)"
+  (cd "$mod" && go mod tidy) || die "go mod tidy failed for the kubernetes throwaway module ($mod/go.mod)"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+  ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  for b in "${want[@]}"; do
+    log "kubernetes $K8S_VERSION: go build $b"
+    local start=$SECONDS
+    (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$out/bin/$b.tmp" "k8s.io/kubernetes/cmd/$b") ||
+      die "go build k8s.io/kubernetes/cmd/$b@$K8S_VERSION failed (see above)"
+    mv "$out/bin/$b.tmp" "$out/bin/$b"
+    log "kubernetes $K8S_VERSION: $b built in $((SECONDS - start))s"
+  done
+}
+
+# --- go install tools (no replace directives upstream) ------------------------------------------
+go_install() { # name version package
+  local name=$1 version=$2 pkg=$3 out=$TOOLS/$1-$2
+  if [ -x "$out/bin/$name" ]; then log "$name $version: up to date in $out/bin"; return; fi
+  log "$name $version: go install $pkg@$version"
+  local start=$SECONDS
+  mkdir -p "$out"
+  GOBIN="$out/bin.tmp" go install -trimpath -ldflags "-s -w" "$pkg@$version" ||
+    die "go install $pkg@$version failed (see above)"
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  log "$name $version: built in $((SECONDS - start))s"
+}
+
+# --- prometheus-operator CRDs (copied from the released module, never hand-written) ----------------
+copy_prometheus_crds() {
+  local out=$TOOLS/prometheus-operator-crds-$PROM_OPERATOR_VERSION
+  local names=(servicemonitors podmonitors prometheusrules) n
+  if [ -f "$out/monitoring.coreos.com_prometheusrules.yaml" ]; then log "prometheus-operator CRDs $PROM_OPERATOR_VERSION: up to date in $out"; return; fi
+  log "prometheus-operator CRDs $PROM_OPERATOR_VERSION: downloading the module"
+  local dir tmp
+  tmp=$(mktemp -d)
+  dir=$(cd "$tmp" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p') || true
+  rm -rf "$tmp"
+  [ -n "$dir" ] && [ -d "$dir" ] || die "cannot download github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION"
+  mkdir -p "$out.tmp"
+  for n in "${names[@]}"; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$n.yaml" "$out.tmp/" ||
+      die "monitoring.coreos.com_$n.yaml not found in prometheus-operator $PROM_OPERATOR_VERSION"
+  done
+  chmod 644 "$out.tmp"/*.yaml
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+etcd_binary() {
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then echo "$KUBEBUILDER_ASSETS/etcd"; return; fi
+  local e
+  e=$(command -v etcd 2>/dev/null || true)
+  [ -n "$e" ] || [ ! -x /usr/bin/etcd ] || e=/usr/bin/etcd
+  [ -n "$e" ] || die "etcd not found: run 'make system-deps' (Debian etcd-server) or set KUBEBUILDER_ASSETS"
+  echo "$e"
+}
+
+write_paths() {
+  local apiserver=$TOOLS/kubernetes-$K8S_VERSION/bin/kube-apiserver
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
+    [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no kube-apiserver"
+    apiserver=$KUBEBUILDER_ASSETS/kube-apiserver
+  fi
+  local etcd
+  etcd=$(etcd_binary)
+  cat >"$TOOLS/paths.json.tmp" <<EOF
+{
+  "kubernetes_version": "$K8S_VERSION",
+  "etcd": "$etcd",
+  "kube-apiserver": "$apiserver",
+  "kube-controller-manager": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-controller-manager",
+  "kube-scheduler": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-scheduler",
+  "kwok": "$TOOLS/kwok-$KWOK_VERSION/bin/kwok",
+  "helm": "$TOOLS/helm-$HELM_VERSION/bin/helm",
+  "prometheus_operator_crds": "$TOOLS/prometheus-operator-crds-$PROM_OPERATOR_VERSION"
+}
+EOF
+  mv "$TOOLS/paths.json.tmp" "$TOOLS/paths.json"
+  log "paths written to $TOOLS/paths.json"
+}
+
+only=${1:-all}
+case $only in
+  all)
+    build_kubernetes
+    go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+    copy_prometheus_crds
+    go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    ;;
+  kubernetes) build_kubernetes ;;
+  kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
+  crds) copy_prometheus_crds ;;
+  helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  paths) ;;
+  *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|paths]" ;;
+esac
+write_paths
