@@ -1,0 +1,252 @@
+"""The application factory: wires settings, live config, caches, limiter, metrics and services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from kuberag_api import __version__
+from kuberag_api.cache.redis_tier import RedisCache, connect
+from kuberag_api.cache.tiers import AnswerCache
+from kuberag_api.circuit_breaker import CircuitBreaker
+from kuberag_api.controllers import AdminController, HealthController, QueryController
+from kuberag_api.live_config import LiveConfig
+from kuberag_api.log_format import request_id_var
+from kuberag_api.metrics import Metrics
+from kuberag_api.middleware import RateLimitMiddleware, RequestContextMiddleware
+from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
+from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
+from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
+from kuberag_api.settings import Settings
+from kuberag_api.status import ReadinessProbe
+
+log = logging.getLogger("kuberag.app")
+
+
+# --- errors as RFC 9457 problem details ------------------------------------------------------
+def _problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None,
+             **extra: Any) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    body.update(extra)
+    return Response(body, status_code=status, headers=headers, media_type="application/problem+json")
+
+
+def _http_exception_to_problem(exc: HTTPException) -> ProblemDetailsException:
+    from http import HTTPStatus
+
+    title = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
+    detail = exc.detail
+    extra: dict[str, Any] | None = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        errors = []
+        for e in exc.extra:
+            if isinstance(e, dict):
+                errors.append(_field_error(str(e.get("key") or "body"), str(e.get("message", ""))))
+        if errors:
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            extra = {"errors": errors}
+    elif isinstance(exc.extra, dict):
+        extra = exc.extra
+    rid = request_id_var.get()
+    if rid:
+        extra = {**(extra or {}), "request_id": rid}
+    return ProblemDetailsException(status_code=exc.status_code, title=title, detail=detail, headers=exc.headers,
+                                   extra=extra, type_="about:blank")
+
+
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_LEADING_FIELD = re.compile(r"^([a-z_]+) (must|is) ")
+
+
+def _field_error(key: str, message: str) -> dict[str, str]:
+    """Name the field: msgspec reports whole-body checks (``__post_init__``, unknown fields) as the
+    body ("data"); the field is then in the message."""
+    if key in ("data", "body"):
+        m = _UNKNOWN_FIELD.search(message) or _LEADING_FIELD.match(message)
+        if m:
+            key = m.group(1)
+        else:
+            key = "body"
+    return {"field": key, "message": message}
+
+
+def _too_large(request: Request, exc: RequestEntityTooLarge) -> Response:
+    limit = request.route_handler.resolve_request_max_body_size()
+    return _problem(413, "Content Too Large",
+                    f"the request body is larger than this route accepts ({limit} bytes)" if limit else str(exc.detail))
+
+
+def _index_not_ready(_: Request, exc: IndexNotReady) -> Response:
+    return _problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def _unsupported(_: Request, exc: UnsupportedDocument) -> Response:
+    return _problem(415, "Unsupported Media Type", str(exc), errors=[{"field": "file", "message": str(exc)}])
+
+
+def _bad_document(_: Request, exc: DocumentError) -> Response:
+    return _problem(422, "Unprocessable Content", str(exc), errors=[{"field": "file", "message": str(exc)}])
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    # Logged with its trace; the client gets a problem without internals.
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    request.app.state.metrics.errors.labels("unhandled").inc()
+    return _problem(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error",
+                    "the server failed to handle this request; it has been logged under this request_id")
+
+
+# --- the application ---------------------------------------------------------------------------
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: RagEngine | None = None,
+    generator: Generator | None = None,
+    embedder=None,
+    live: LiveConfig | None = None,
+    serve_metrics: bool = True,
+    background_interval: float = 2.0,
+) -> Litestar:
+    """Build the app. ``engine``/``generator``/``embedder`` override the configured ones (tests,
+    the bench); without ``engine`` the index is opened in the background at start."""
+    settings = settings or Settings.from_env()
+    live = live or LiveConfig.from_file(settings.storage.config_path)
+    metrics = Metrics()
+    metrics.set_config_hash(live.hash)
+    live.subscribe(lambda _o, _n: (metrics.config_reloads.inc(), metrics.set_config_hash(live.hash)))
+
+    rs = settings.redis
+    prefix = f"kuberag:{settings.service.namespace}:{settings.service.name}:"
+    l2 = None
+    if rs.url:
+        l2 = RedisCache(
+            connect(rs.url, rs.socket_timeout), prefix=prefix, timeout=rs.socket_timeout,
+            breaker=CircuitBreaker(rs.breaker_failures, rs.breaker_reset_seconds),
+            on_error=lambda op, kind: metrics.cache_errors.labels("l2", op).inc(),
+        )
+    shared = None
+    if rs.limiter_url:
+        shared = SharedRateLimiter(
+            connect(rs.limiter_url, rs.socket_timeout), prefix=f"kuberag:rl:{settings.service.namespace}:"
+            f"{settings.service.name}:", timeout=rs.socket_timeout,
+            breaker=CircuitBreaker(rs.breaker_failures, rs.breaker_reset_seconds),
+        )
+    cache = AnswerCache(live, l2)
+    limiter = RateLimiter(live, shared)
+    # CPU work (embedding, search, ingestion) runs here, off the event loop: cache hits never wait
+    # behind a cold query. Two threads = the two cores; numpy/onnxruntime release the GIL.
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kuberag-cpu")
+    slot = EngineSlot(engine)
+    cfg = live.config
+    if generator is None:
+        generator = build_generator(cfg.providers, settings.providers.llm_api_key)
+    query_service = QueryService(slot, generator, cache, metrics, executor)
+    document_service = DocumentService(slot, metrics, executor)
+    readiness = ReadinessProbe(slot, cache, limiter, live, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task] = []
+        if serve_metrics and settings.server.metrics_port is not None:
+            port = metrics.serve(settings.server.host, settings.server.metrics_port)
+            log.info("prometheus metrics served", extra={"port": port})
+        if slot.engine is None:
+            embedder_ = embedder
+            if embedder_ is None and cfg.providers.embeddings is not None:
+                from kuberag_api.rag import build_embedder
+
+                embedder_ = build_embedder(cfg.providers, settings.providers.embeddings_api_key)
+            tasks.append(asyncio.create_task(slot.open(
+                executor, settings.storage.data_dir, cfg.retrieval, cfg.corpus.path, embedder_)))
+        await cache.start()
+        if live.path is not None:
+            tasks.append(asyncio.create_task(live.watch(settings.storage.config_poll_seconds,
+                                                        on_error=metrics.config_reload_errors.inc)))
+        tasks.append(asyncio.create_task(readiness.run(background_interval)))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with suppress(asyncio.CancelledError, Exception):
+                    await t
+            await cache.flush_background()
+            if l2 is not None:
+                await l2.close()
+            if shared is not None:
+                await shared.close()
+            metrics.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    state = State({
+        "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
+        "slot": slot, "query_service": query_service, "document_service": document_service,
+        "readiness": readiness, "executor": executor,
+    })
+
+    def _from_state(name: str) -> Provide:
+        def provider(state: State) -> Any:
+            return state[name]
+
+        return Provide(provider, use_cache=True, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[HealthController, QueryController, AdminController],
+        state=state,
+        dependencies={
+            "query_service": _from_state("query_service"),
+            "document_service": _from_state("document_service"),
+            "metrics": _from_state("metrics"),
+            "readiness": _from_state("readiness"),
+        },
+        middleware=[RequestContextMiddleware(metrics, settings.server.access_log),
+                    RateLimitMiddleware(limiter, metrics)],
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(
+            enable_for_all_http_exceptions=True,
+            exception_to_problem_detail_map={HTTPException: _http_exception_to_problem},
+        ))],
+        exception_handlers={
+            IndexNotReady: _index_not_ready,
+            RequestEntityTooLarge: _too_large,
+            UnsupportedDocument: _unsupported,
+            DocumentError: _bad_document,
+            Exception: _internal_error,
+        },
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="kuberag", version=__version__,
+            description="Questions over your documents: cached, rate limited, monitored.",
+            components=Components(security_schemes={
+                "adminApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+            }),
+        ),
+        request_max_body_size=UPLOAD_MAX_BODY_DEFAULT,
+        debug=False,
+        logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
+    )
+
+
+UPLOAD_MAX_BODY_DEFAULT = 1024 * 1024

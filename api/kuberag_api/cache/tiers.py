@@ -1,0 +1,100 @@
+"""The answer cache as one object: L1 -> L2 -> L3 lookups, stores, the epoch, live resizing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from kuberag_contract.config import ApiConfig
+
+from kuberag_api.cache.entry import CachedAnswer
+from kuberag_api.cache.memory import MemoryCache
+from kuberag_api.cache.redis_tier import RedisCache
+from kuberag_api.cache.semantic import SemanticCache
+from kuberag_api.live_config import LiveConfig
+
+log = logging.getLogger("kuberag.cache")
+
+
+class AnswerCache:
+    def __init__(self, live: LiveConfig, l2: RedisCache | None = None) -> None:
+        self.live = live
+        c = live.config.cache
+        self.l1: MemoryCache[CachedAnswer] = MemoryCache(c.l1.max_entries, c.l1.ttl_seconds)
+        self.l2 = l2
+        self.l3 = SemanticCache(c.l3.max_entries, c.l3.ttl_seconds, c.l3.threshold)
+        self.epoch = 0
+        self._background: set[asyncio.Task] = set()
+        live.subscribe(self._on_config)
+
+    def _on_config(self, _old: ApiConfig, new: ApiConfig) -> None:
+        c = new.cache
+        self.l1.resize(c.l1.max_entries, c.l1.ttl_seconds)
+        self.l3.resize(c.l3.max_entries if c.l3.enabled else 0, c.l3.ttl_seconds, c.l3.threshold)
+
+    @property
+    def l2_enabled(self) -> bool:
+        return self.l2 is not None and self.live.config.cache.l2.enabled
+
+    @property
+    def l3_enabled(self) -> bool:
+        return self.live.config.cache.l3.enabled
+
+    async def start(self) -> None:
+        """Continue the epoch kept in Redis, so a restarted API container never reads entries a
+        DELETE /cache meant to drop."""
+        if self.l2 is not None:
+            epoch = await self.l2.read_epoch()
+            if epoch is not None:
+                self.epoch = epoch
+
+    async def get(self, key: str, scope: str) -> tuple[CachedAnswer, str] | None:
+        """Exact-key lookups, cheapest first: L1, L2 (fills L1), L3's exact entries (fills L1)."""
+        entry = self.l1.get(key)
+        if entry is not None:
+            return entry, "l1"
+        if self.l2_enabled:
+            entry = await self.l2.get(key)
+            if entry is not None:
+                self.l1.set(key, entry)
+                return entry, "l2"
+        if self.l3_enabled:
+            entry = self.l3.get_exact(scope, key)
+            if entry is not None:
+                self.l1.set(key, entry)
+                return entry, "l3"
+        return None
+
+    def get_similar(self, scope: str, vector: np.ndarray, question: str) -> tuple[CachedAnswer, float] | None:
+        if not self.l3_enabled:
+            return None
+        return self.l3.get_similar(scope, vector, question)
+
+    def put(self, key: str, scope: str, entry: CachedAnswer, vector: np.ndarray | None, question: str) -> None:
+        """Store in every level; the L2 write runs in the background (a slow Redis never delays the answer)."""
+        self.l1.set(key, entry)
+        if self.l3_enabled:
+            self.l3.put(scope, key, entry, vector, question)
+        if self.l2_enabled:
+            task = asyncio.ensure_future(self.l2.set(key, entry, self.live.config.cache.l2.ttl_seconds))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def flush_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def clear(self) -> tuple[int, dict[str, int | None]]:
+        """Bump the epoch (every key changes) and drop what each level holds."""
+        new_epoch = self.epoch + 1
+        cleared: dict[str, int | None] = {"l1": self.l1.clear(), "l2": None, "l3": self.l3.clear()}
+        if self.l2 is not None:
+            await self.flush_background()
+            stored = await self.l2.bump_epoch(at_least=new_epoch)
+            if stored is not None:
+                new_epoch = max(new_epoch, stored)
+            cleared["l2"] = await self.l2.clear()
+        self.epoch = new_epoch
+        log.info("cache cleared", extra={"epoch": new_epoch, "cleared": cleared})
+        return new_epoch, cleared

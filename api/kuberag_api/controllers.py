@@ -1,0 +1,210 @@
+"""HTTP controllers: thin, the services do the work."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import (
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.params import Body
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from kuberag_api import __version__
+from kuberag_api.cache.entry import CachedAnswer
+from kuberag_api.log_format import request_id_var
+from kuberag_api.metrics import Metrics
+from kuberag_api.schemas import (
+    CacheCleared,
+    Deleted,
+    DocumentList,
+    DocumentOut,
+    Health,
+    IngestOut,
+    Liveness,
+    MetricsSummary,
+    QueryRequest,
+    QueryResponse,
+    Readiness,
+    Source,
+)
+from kuberag_api.services import DocumentService, QueryOutcome, QueryService
+from kuberag_api.status import ReadinessProbe
+
+QUERY_MAX_BODY = 16 * 1024
+UPLOAD_MAX_BODY = 50 * 1024 * 1024
+ENDPOINTS = ["/", "/healthz", "/readyz", "/query", "/query/stream", "/metrics", "/cache", "/documents", "/schema"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard of admin routes: X-API-Key must equal KUBERAG_ADMIN_API_KEY (constant-time compare)."""
+    expected: str | None = connection.app.state.settings.admin.api_key
+    if not expected:
+        raise PermissionDeniedException(
+            "admin routes are disabled: the server has no admin key (set KUBERAG_ADMIN_API_KEY)"
+        )
+    given = connection.headers.get("x-api-key")
+    if not given:
+        raise NotAuthorizedException("missing X-API-Key header: this route needs the admin API key")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise NotAuthorizedException("invalid X-API-Key: it does not match the admin API key")
+
+
+def _cache_flags(request: Request, data: QueryRequest) -> tuple[bool, bool]:
+    lookup = store = data.use_cache
+    cc = request.headers.get("cache-control")
+    if cc:
+        directives = {d.strip().split("=", 1)[0].lower() for d in cc.split(",")}
+        if "no-cache" in directives:
+            lookup = False
+        if "no-store" in directives:
+            store = False
+    return lookup, store
+
+
+def _response(outcome: QueryOutcome, started: float, request: Request) -> QueryResponse:
+    entry: CachedAnswer = outcome.entry
+    limiter_degraded = bool(request.scope.get("state", {}).get("limiter_degraded"))
+    return QueryResponse(
+        answer=entry.answer,
+        sources=[Source(s.doc_id, s.chunk_id, s.source, s.score, s.text, s.metadata) for s in entry.sources],
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        cache_hit=outcome.cache_level is not None,
+        timestamp=_now(),
+        cache_level=outcome.cache_level,  # type: ignore[arg-type]
+        request_id=request_id_var.get() or "",
+        degraded=outcome.degraded or limiter_degraded,
+        model=entry.model,
+        similarity=round(outcome.similarity, 4) if outcome.similarity is not None else None,
+    )
+
+
+class HealthController(Controller):
+    tags = ["health"]
+
+    @get("/", operation_id="GetHealth", summary="Service health (the prototype's contract)")
+    async def root(self) -> Health:
+        return Health(status="healthy", version=__version__, timestamp=_now(), endpoints=ENDPOINTS)
+
+    @get("/healthz", operation_id="GetLiveness", summary="Liveness and startup probe")
+    async def healthz(self) -> Liveness:
+        return Liveness(status="ok")
+
+    @get("/readyz", operation_id="GetReadiness", summary="Readiness: 200 when the index is loaded, else 503",
+         responses={503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons")})
+    async def readyz(self, readiness: ReadinessProbe) -> Response[Readiness]:
+        result = readiness.check()
+        return Response(result, status_code=200 if result.status == "ready" else 503)
+
+    @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)")
+    async def metrics(self, metrics: Metrics) -> MetricsSummary:
+        return msgspec.convert(metrics.json_summary(), MetricsSummary)
+
+
+class QueryController(Controller):
+    tags = ["query"]
+    request_max_body_size = QUERY_MAX_BODY
+
+    @post("/query", operation_id="Query", status_code=200, summary="Answer a question over the corpus",
+          opt={"route": "/query"})
+    async def query(self, request: Request, data: QueryRequest, query_service: QueryService,
+                    metrics: Metrics) -> QueryResponse:
+        started = time.perf_counter()
+        lookup, store = _cache_flags(request, data)
+        outcome = await query_service.answer(data.question, lookup=lookup, store=store)
+        response = _response(outcome, started, request)
+        metrics.observe_query(outcome.cache_level, response.latency_ms)
+        return response
+
+    @post("/query/stream", operation_id="QueryStream", status_code=200,
+          summary="Answer as Server-Sent Events: sources, delta..., done", opt={"route": "/query/stream"})
+    async def query_stream(self, request: Request, data: QueryRequest, query_service: QueryService,
+                           metrics: Metrics) -> ServerSentEvent:
+        started = time.perf_counter()
+        lookup, store = _cache_flags(request, data)
+        query_service.slot.require()  # 503 now, not after the stream started
+        rid = request_id_var.get()
+
+        async def events():
+            token = request_id_var.set(rid)
+            try:
+                async for kind, payload in query_service.stream(data.question, lookup=lookup, store=store):
+                    if kind == "sources":
+                        body = [Source(s.doc_id, s.chunk_id, s.source, s.score, s.text, s.metadata) for s in payload]
+                        yield ServerSentEventMessage(event="sources", data=msgspec.json.encode(body).decode())
+                    elif kind == "delta":
+                        yield ServerSentEventMessage(event="delta",
+                                                     data=msgspec.json.encode({"text": payload}).decode())
+                    else:
+                        response = _response(payload, started, request)
+                        metrics.observe_query(payload.cache_level, response.latency_ms)
+                        yield ServerSentEventMessage(event="done", data=msgspec.json.encode(response).decode())
+            finally:
+                request_id_var.reset(token)
+
+        return ServerSentEvent(events())
+
+
+class AdminController(Controller):
+    tags = ["admin"]
+    guards = [require_admin]
+    security = [{"adminApiKey": []}]
+
+    @delete("/cache", operation_id="ClearCache", status_code=200,
+            summary="Clear every cache level (bumps the cache epoch; only kuberag's own Redis keys)")
+    async def clear_cache(self, query_service: QueryService) -> CacheCleared:
+        epoch, cleared = await query_service.cache.clear()
+        return CacheCleared(epoch=epoch, cleared=cleared)
+
+    @post("/documents", operation_id="IngestDocument", status_code=201, request_max_body_size=UPLOAD_MAX_BODY,
+          summary="Upload one document (txt, md, html or pdf) as multipart field 'file'")
+    async def ingest(
+        self,
+        data: Annotated[dict[str, UploadFile], Body(media_type=RequestEncodingType.MULTI_PART)],
+        document_service: DocumentService,
+    ) -> Response[IngestOut]:
+        upload = data.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ValidationException(
+                "multipart field 'file' is required: upload the document as file=@path",
+                extra=[{"key": "file", "message": "required multipart file field", "source": "body"}],
+            )
+        content = await upload.read()
+        result = await document_service.ingest(upload.filename or "upload", content, upload.content_type or None)
+        engine = document_service.slot.require()
+        out = IngestOut(result.doc_id, result.source, result.status, result.chunks, result.reason,
+                        engine.corpus_version)
+        return Response(out, status_code=201 if result.status in ("added", "replaced") else 200)
+
+    @get("/documents", operation_id="ListDocuments", summary="Documents in the index")
+    async def list_documents(self, document_service: DocumentService) -> DocumentList:
+        engine = document_service.slot.require()
+        docs = [DocumentOut(d.doc_id, d.source, d.content_type, d.chunks, d.bytes, d.sha256, d.added_at)
+                for d in engine.documents()]
+        return DocumentList(documents=docs, count=len(docs), chunks=engine.chunk_count,
+                            corpus_version=engine.corpus_version)
+
+    @delete("/documents/{doc_id:str}", operation_id="DeleteDocument", status_code=200,
+            summary="Remove a document and its chunks")
+    async def delete_document(self, doc_id: str, document_service: DocumentService) -> Deleted:
+        deleted = await document_service.delete(doc_id)
+        if not deleted:
+            raise NotFoundException(f"no document with id {doc_id!r} (GET /documents lists them)")
+        return Deleted(doc_id=doc_id, deleted=True, corpus_version=document_service.slot.require().corpus_version)

@@ -1,0 +1,153 @@
+"""ASGI middlewares: request context (id, metrics, access log) and the per-client rate limit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.enums import ScopeType
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from kuberag_api.log_format import request_id_var
+from kuberag_api.metrics import Metrics
+from kuberag_api.rate_limit import RateLimiter, client_key, user_id_of
+
+access_log = logging.getLogger("kuberag.access")
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+QUERY_PATHS = frozenset({"/query", "/query/stream"})
+# Probes, metrics and the OpenAPI document are never limited.
+UNLIMITED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str, headers: dict[str, str] | None = None,
+                       **extra: Any) -> None:
+    """An RFC 9457 problem sent straight from a middleware. (Raising would unwind through the
+    request-context middleware before Litestar renders it, losing the status and request id.)"""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    body.update(extra)
+    payload = msgspec.json.encode(body)
+    raw_headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _route_label(scope: Scope) -> str:
+    handler = scope.get("route_handler")
+    if handler is None:
+        return "unmatched"
+    return getattr(handler, "opt", {}).get("route") or next(iter(handler.paths), "unmatched")
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, metrics: Metrics, access_log_enabled: bool) -> None:
+        self.metrics = metrics
+        self.access_log_enabled = access_log_enabled
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        given = _header(scope, b"x-request-id")
+        rid = given if given is not None and _REQUEST_ID_OK.match(given) else os.urandom(8).hex()
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status = 500
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            self.metrics.observe_request(route, scope["method"], status, elapsed)
+            if self.access_log_enabled:
+                access_log.info(
+                    "request",
+                    extra={"method": scope["method"], "path": scope["path"], "status": status,
+                           "duration_ms": round(elapsed * 1000, 3)},
+                )
+            request_id_var.reset(token)
+
+
+class RateLimitMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+
+    @staticmethod
+    def should_bypass_for_scope(scope: Scope) -> bool:  # type: ignore[override]
+        path = scope["path"]
+        return path in UNLIMITED_PATHS or path.startswith("/schema")
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        cfg = self.limiter.live.config.rate_limit
+        if not cfg.enabled:
+            await next_app(scope, receive, send)
+            return
+        user_id = None
+        if cfg.key_source in ("auto", "userId") and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
+            # Litestar keeps the body in the connection state: the handler reads it again from there.
+            request: Request = Request(scope, receive)
+            try:
+                body = await request.body()
+            except RequestEntityTooLarge:
+                limit = request.route_handler.resolve_request_max_body_size()
+                await send_problem(send, 413, "Content Too Large",
+                                   f"the request body is larger than this route accepts ({limit} bytes)")
+                return
+            user_id = user_id_of(body)
+        api_key = _header(scope, b"x-api-key") if cfg.key_source in ("auto", "apiKey") else None
+        client = scope.get("client")
+        key = client_key(cfg.key_source, user_id, api_key, client[0] if client else None)
+        decision = await self.limiter.check(key)
+        if decision is None:
+            await next_app(scope, receive, send)
+            return
+        if decision.degraded:
+            self.metrics.limiter_fallbacks.inc()
+            scope.setdefault("state", {})["limiter_degraded"] = True
+        if not decision.allowed:
+            self.metrics.observe_rate_limited(decision.scope)
+            headers = decision.headers()
+            await send_problem(
+                send, 429, "Too Many Requests",
+                f"rate limit exceeded: {cfg.requests_per_minute} requests per minute with a burst of "
+                f"{cfg.burst} per client; retry after {headers['Retry-After']} s",
+                headers, limit=decision.limit, retry_after_seconds=int(headers["Retry-After"]),
+            )
+            return
+        extra = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await next_app(scope, receive, send_with_limits)

@@ -1,0 +1,279 @@
+"""The work behind the controllers: answering questions through the caches, managing documents."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kuberag_contract.config import Retrieval
+
+from kuberag_api.cache.entry import CachedAnswer, CachedSource
+from kuberag_api.cache.keys import CacheScope, answer_key, normalise_question
+from kuberag_api.cache.tiers import AnswerCache
+from kuberag_api.log_format import truncate
+from kuberag_api.metrics import Metrics
+from kuberag_api.rag import (
+    DocumentError,
+    ExtractiveGenerator,
+    GenerationError,
+    Generator,
+    IngestResult,
+    RagEngine,
+)
+from kuberag_api.single_flight import SingleFlight
+
+log = logging.getLogger("kuberag.query")
+T = TypeVar("T")
+
+
+class IndexNotReady(RuntimeError):
+    """The index is still loading (or failed to load); the message says which."""
+
+
+class EngineSlot:
+    """The RAG engine once it is open. Opening (and indexing the corpus) runs in the background so
+    the server answers its probes meanwhile; ``/readyz`` says 503 until the index is ready."""
+
+    def __init__(self, engine: RagEngine | None = None) -> None:
+        self.engine = engine
+        self.error: str | None = None
+        self.loading = engine is None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.ready
+
+    def require(self) -> RagEngine:
+        engine = self.engine
+        if engine is None or not engine.ready:
+            if self.error:
+                raise IndexNotReady(f"the index failed to load: {self.error}")
+            raise IndexNotReady("the index is still loading; retry shortly")
+        return engine
+
+    async def open(self, executor: ThreadPoolExecutor, data_dir: Path, retrieval: Retrieval,
+                   corpus_path: str | None, embedder=None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(
+                executor,
+                lambda: RagEngine.open(data_dir, retrieval=retrieval, corpus_path=corpus_path, embedder=embedder,
+                                       defer_corpus=True),
+            )
+            self.engine = engine
+            if corpus_path is not None:
+                results = await loop.run_in_executor(executor, engine.sync_corpus, corpus_path)
+                refused = [r for r in results if r.status == "refused"]
+                for r in refused:
+                    log.warning("corpus file refused", extra={"source": r.source, "reason": r.reason})
+                log.info("corpus indexed", extra={"documents": engine.document_count, "chunks": engine.chunk_count,
+                                                  "refused": len(refused)})
+        except Exception as exc:  # shown by /readyz; the process stays up to say why
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the index failed to load")
+        finally:
+            self.loading = False
+
+
+@dataclass(slots=True)
+class QueryOutcome:
+    entry: CachedAnswer
+    cache_level: str | None
+    similarity: float | None
+    degraded: bool
+
+
+def _sources(passages) -> tuple[CachedSource, ...]:
+    return tuple(
+        CachedSource(p.doc_id, p.chunk_id, p.source, round(float(p.score), 6), p.text,
+                     {k: v for k, v in p.metadata.items() if v is not None})
+        for p in passages
+    )
+
+
+def _doc_ids(passages) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.doc_id for p in passages))
+
+
+class QueryService:
+    def __init__(self, slot: EngineSlot, generator: Generator, cache: AnswerCache, metrics: Metrics,
+                 executor: ThreadPoolExecutor) -> None:
+        self.slot = slot
+        self.generator = generator
+        self.fallback = ExtractiveGenerator()
+        self.cache = cache
+        self.metrics = metrics
+        self.executor = executor
+        self.flight: SingleFlight[QueryOutcome] = SingleFlight()
+        self._scope_parts: tuple | None = None
+        self._scope_token = ""
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _scope(self, engine: RagEngine) -> str:
+        parts = (engine.corpus_version, self.generator.name, engine.embedder.name, engine.retrieval_fingerprint,
+                 self.cache.epoch)
+        if parts != self._scope_parts:
+            self._scope_token = CacheScope(*parts).token()
+            self._scope_parts = parts
+        return self._scope_token
+
+    def degraded(self) -> bool:
+        """A part of the pipeline is skipped right now (L2 cache down)."""
+        return self.cache.l2_enabled and not self.cache.l2.up
+
+    async def _cpu(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.metrics.observe_stage(stage, time.perf_counter() - started)
+
+    async def _generate(self, question: str, passages) -> tuple[str, str, int, int, bool]:
+        started = time.perf_counter()
+        try:
+            g = await self.generator.generate(question, passages)
+            degraded = False
+        except GenerationError as exc:
+            log.error("LLM failed, answering extractively (not cached)", extra={"error": str(exc)[:300]})
+            self.metrics.errors.labels("llm").inc()
+            g = await self.fallback.generate(question, passages)
+            degraded = True
+        finally:
+            self.metrics.observe_stage("generate", time.perf_counter() - started)
+        prompt, completion = g.prompt_tokens or 0, g.completion_tokens or 0
+        if prompt or completion:
+            self.metrics.llm_tokens.labels("prompt").inc(prompt)
+            self.metrics.llm_tokens.labels("completion").inc(completion)
+        return g.text, g.model, prompt, completion, degraded
+
+    # --- answering ------------------------------------------------------------------------------
+    async def answer(self, question: str, *, lookup: bool = True, store: bool = True) -> QueryOutcome:
+        engine = self.slot.require()
+        norm = normalise_question(question)
+        scope = self._scope(engine)
+        key = answer_key(norm, scope)
+        if lookup:
+            hit = await self.cache.get(key, scope)
+            if hit is not None:
+                return QueryOutcome(hit[0], hit[1], None, self.degraded())
+        if not lookup:
+            return await self._compute(engine, question, norm, key, scope, lookup, store)
+        outcome, shared = await self.flight.run(
+            key + ("s" if store else "n"),
+            lambda: self._compute(engine, question, norm, key, scope, lookup, store),
+        )
+        if shared:
+            self.metrics.single_flight_shared.inc()
+        return outcome
+
+    async def _compute(self, engine: RagEngine, question: str, norm: str, key: str, scope: str,
+                       lookup: bool, store: bool) -> QueryOutcome:
+        vector = await self._cpu("embed", engine.embedder.embed_query, question)
+        if lookup:
+            started = time.perf_counter()
+            similar = self.cache.get_similar(scope, vector, norm)
+            self.metrics.observe_stage("l3_lookup", time.perf_counter() - started)
+            if similar is not None:
+                entry, similarity = similar
+                if store:
+                    self.cache.l1.set(key, entry)
+                return QueryOutcome(entry, "l3", similarity, self.degraded())
+        passages = await self._cpu("retrieve", engine.retrieve, question, vector)
+        text, model, prompt, completion, llm_degraded = await self._generate(question, passages)
+        entry = CachedAnswer(text, _sources(passages), model, question, time.time(), _doc_ids(passages),
+                             prompt, completion)
+        if store and not llm_degraded:
+            self.cache.put(key, scope, entry, vector, norm)
+        log.info("answered", extra={"question": truncate(question), "passages": len(passages), "model": model})
+        return QueryOutcome(entry, None, None, llm_degraded or self.degraded())
+
+    async def stream(self, question: str, *, lookup: bool = True, store: bool = True
+                     ) -> AsyncIterator[tuple[str, Any]]:
+        """Events: ("sources", tuple[CachedSource]), ("delta", str)..., ("done", QueryOutcome)."""
+        engine = self.slot.require()
+        norm = normalise_question(question)
+        scope = self._scope(engine)
+        key = answer_key(norm, scope)
+        vector = None
+        if lookup:
+            hit = await self.cache.get(key, scope)
+            similarity = None
+            if hit is None:
+                vector = await self._cpu("embed", engine.embedder.embed_query, question)
+                similar = self.cache.get_similar(scope, vector, norm)
+                if similar is not None:
+                    hit = (similar[0], "l3")
+                    similarity = similar[1]
+            if hit is not None:
+                entry, level = hit
+                yield "sources", entry.sources
+                yield "delta", entry.answer
+                yield "done", QueryOutcome(entry, level, similarity, self.degraded())
+                return
+        if vector is None:
+            vector = await self._cpu("embed", engine.embedder.embed_query, question)
+        passages = await self._cpu("retrieve", engine.retrieve, question, vector)
+        sources = _sources(passages)
+        yield "sources", sources
+        parts: list[str] = []
+        degraded = False
+        started = time.perf_counter()
+        try:
+            async for delta in self.generator.stream(question, passages):
+                parts.append(delta)
+                yield "delta", delta
+        except GenerationError as exc:
+            log.error("LLM stream failed", extra={"error": str(exc)[:300]})
+            self.metrics.errors.labels("llm").inc()
+            degraded = True
+            if not parts:
+                text = (await self.fallback.generate(question, passages)).text
+                parts.append(text)
+                yield "delta", text
+        finally:
+            self.metrics.observe_stage("generate", time.perf_counter() - started)
+        entry = CachedAnswer("".join(parts), sources, self.generator.name, question, time.time(), _doc_ids(passages))
+        if store and not degraded:
+            self.cache.put(key, scope, entry, vector, norm)
+        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded())
+
+
+class DocumentService:
+    def __init__(self, slot: EngineSlot, metrics: Metrics, executor: ThreadPoolExecutor) -> None:
+        self.slot = slot
+        self.metrics = metrics
+        self.executor = executor
+
+    def refresh_gauges(self) -> None:
+        engine = self.slot.engine
+        if engine is not None:
+            self.metrics.corpus_chunks.set(engine.chunk_count)
+            self.metrics.corpus_documents.set(engine.document_count)
+
+    async def ingest(self, source: str, data: bytes, content_type: str | None) -> IngestResult:
+        engine = self.slot.require()
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.executor, engine.ingest, source, data, content_type)
+        except DocumentError:  # includes UnsupportedDocument; the controller maps it to 415/422
+            self.metrics.documents_ingested.labels("refused").inc()
+            raise
+        self.metrics.documents_ingested.labels(result.status).inc()
+        self.refresh_gauges()
+        log.info("document ingested", extra={"doc_id": result.doc_id, "source": truncate(source),
+                                             "status": result.status, "chunks": result.chunks})
+        return result
+
+    async def delete(self, doc_id: str) -> bool:
+        engine = self.slot.require()
+        deleted = await asyncio.get_running_loop().run_in_executor(self.executor, engine.delete, doc_id)
+        self.refresh_gauges()
+        if deleted:
+            log.info("document deleted", extra={"doc_id": doc_id})
+        return deleted

@@ -1,0 +1,97 @@
+"""Readiness and dependency state: what /readyz reports and the dependency gauges show."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from kuberag_api.cache.tiers import AnswerCache
+from kuberag_api.live_config import LiveConfig
+from kuberag_api.metrics import Metrics
+from kuberag_api.rate_limit import RateLimiter
+from kuberag_api.schemas import Readiness
+from kuberag_api.services import EngineSlot
+
+log = logging.getLogger("kuberag.status")
+
+
+class ReadinessProbe:
+    """Ready = the index is loaded. Redis, the limiter and the config are reported, not required:
+    a pod without its cache still answers (slower), so taking it out of the Service would only
+    move its load onto the others."""
+
+    def __init__(self, slot: EngineSlot, cache: AnswerCache, limiter: RateLimiter, live: LiveConfig,
+                 metrics: Metrics) -> None:
+        self.slot = slot
+        self.cache = cache
+        self.limiter = limiter
+        self.live = live
+        self.metrics = metrics
+
+    def check(self) -> Readiness:
+        reasons: list[str] = []
+        engine = self.slot.engine
+        if self.slot.ready and engine is not None:
+            index = {"status": "ready", "documents": engine.document_count, "chunks": engine.chunk_count,
+                     "corpus_version": engine.corpus_version}
+        else:
+            status = f"failed: {self.slot.error}" if self.slot.error else "loading"
+            index = {"status": status}
+            reasons.append(f"index {status}")
+        l2 = self.cache.l2
+        if l2 is None:
+            redis = {"status": "disabled (no KUBERAG_REDIS_URL): L1 and L3 only"}
+        elif not self.cache.l2_enabled:
+            redis = {"status": "disabled by config (cache.l2.enabled: false)"}
+        else:
+            state = l2.breaker.state
+            redis = {"status": "up" if state == "closed" else f"down (circuit {state}): answers skip L2",
+                     "errors": l2.errors}
+            if state != "closed" and l2.last_error:
+                redis["last_error"] = l2.last_error
+        config = {"hash": self.live.hash, "source": str(self.live.path) if self.live.path else None,
+                  "reloads": self.live.reloads}
+        if self.live.last_error:
+            config["error"] = self.live.last_error
+        if self.live.restart_needed:
+            config["restart_needed"] = "static sections changed; they apply after a restart"
+        checks = {
+            "index": index,
+            "redis": redis,
+            "limiter": self.limiter.state,
+            "config": config,
+            "cache": {"epoch": self.cache.epoch, "l1_entries": len(self.cache.l1), "l3_entries": len(self.cache.l3)},
+        }
+        return Readiness(status="not ready" if reasons else "ready", reasons=reasons, checks=checks)
+
+    def update_gauges(self) -> None:
+        m = self.metrics
+        l2_up = self.cache.l2_enabled and self.cache.l2.up
+        m.redis_up.set(1 if l2_up else 0)
+        m.dependency_up.labels("redis").set(1 if l2_up else 0)
+        m.dependency_up.labels("index").set(1 if self.slot.ready else 0)
+        shared = self.limiter.live.config.rate_limit.scope == "shared"
+        degraded = shared and (self.limiter.shared is None or self.limiter.degraded)
+        m.limiter_degraded.set(1 if degraded else 0)
+        if self.limiter.shared is not None:
+            m.dependency_up.labels("limiter_redis").set(0 if self.limiter.shared.breaker.state != "closed" else 1)
+        m.cache_entries.labels("l1").set(len(self.cache.l1))
+        m.cache_entries.labels("l3").set(len(self.cache.l3))
+        engine = self.slot.engine
+        if engine is not None:
+            m.corpus_chunks.set(engine.chunk_count)
+            m.corpus_documents.set(engine.document_count)
+
+    async def run(self, interval: float) -> None:
+        """Probe Redis (so a dead sidecar shows even without traffic, and L2 recovers through
+        the breaker's half-open probe) and refresh the gauges, until cancelled."""
+        while True:
+            try:
+                if self.cache.l2_enabled:
+                    await self.cache.l2.ping()
+                if self.limiter.shared is not None and self.limiter.live.config.rate_limit.scope == "shared":
+                    await self.limiter.shared.ping()
+                self.update_gauges()
+            except Exception:
+                log.exception("dependency probe failed")
+            await asyncio.sleep(interval)
