@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -322,6 +323,32 @@ class RagEngine:
                 raise
             self._apply(remove=doc_id, add_rows=[], add_vectors=None, info=None)
             return True
+
+    def ingest_many(self, documents: Iterable[tuple[str, bytes, str | None]],
+                    progress: Callable[[IngestResult], None] | None = None) -> list[IngestResult]:
+        """Index several documents, publishing the new state once at the end (BM25 is rebuilt
+        once, not per file). A bad document is reported as ``refused`` with the reason."""
+        results = []
+        with self._write_lock:
+            try:
+                for source, data, content_type in documents:
+                    try:
+                        result = self._ingest(source, data, content_type, origin="api", publish=False)
+                    except DocumentError as exc:
+                        result = IngestResult(doc_id_for(source.strip() or "?"), source, "refused", 0, str(exc))
+                    results.append(result)
+                    if progress is not None:
+                        progress(result)
+            finally:
+                self._flush()
+        return results
+
+    def score_all(self, question: str, query_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Dense and BM25 scores of every chunk with each chunk's source (for evaluation)."""
+        snap = self._snap
+        if query_vector is None:
+            query_vector = self._embedder.embed_query(question)
+        return snap.vectors @ np.asarray(query_vector, np.float32), snap.bm25.scores(question), [r.source for r in snap.rows]
 
     # ------------------------------------------------------------ the corpus
 

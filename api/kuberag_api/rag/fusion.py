@@ -6,7 +6,7 @@ import numpy as np
 
 # Weight of the dense score in the linear fusion; 1.0 is dense only, 0.0 BM25 only.
 # Chosen by measurement on bench/data (bench/retrieval.py reports every weight tried).
-DEFAULT_DENSE_WEIGHT = 0.7
+DEFAULT_DENSE_WEIGHT = 0.9
 RRF_K = 60
 
 

@@ -1,0 +1,150 @@
+"""Retrieval quality and embedding speed on the evaluation set in bench/data.
+
+Corpus: 76 pages of the Python 3.11 documentation (PSF licence, bench/data/pydoc-LICENSE.md);
+70 questions paraphrased away from the pages' wording, 17 of them in Spanish, each labelled with
+the page(s) that answer it; 8 questions the corpus cannot answer (for the relevance floor).
+
+``run()`` returns recall@5 and MRR for dense, BM25 and hybrid fusions at several weights,
+ingestion chunks/s and query-embedding latency. The evaluation index is kept under
+``.bench-cache/`` (the engine's own persistence: unchanged pages are not re-embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kuberag_api.rag import RagEngine, load_default_embedder
+from kuberag_api.rag.embedding import Embedder
+from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, rrf_fusion
+from kuberag_contract.config import Retrieval
+
+DATA = Path(__file__).parent / "data"
+CORPUS = DATA / "pydoc"
+QUESTIONS = DATA / "questions.json"
+CACHE = Path(__file__).resolve().parent.parent / ".bench-cache"
+WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+K = 5
+
+
+def load_questions() -> dict:
+    return json.loads(QUESTIONS.read_text(encoding="utf-8"))
+
+
+def _ranked_sources(scores: np.ndarray, sources: list[str], depth: int = 50) -> list[str]:
+    """Distinct sources in order of their best chunk."""
+    order = np.argsort(-scores, kind="stable")[: depth * 4]
+    seen: list[str] = []
+    for i in order:
+        if sources[i] not in seen:
+            seen.append(sources[i])
+            if len(seen) >= depth:
+                break
+    return seen
+
+
+def _metrics(ranked: list[str], relevant: list[str]) -> tuple[float, float]:
+    top = ranked[:K]
+    recall = len(set(top) & set(relevant)) / len(relevant)
+    mrr = next((1.0 / (i + 1) for i, s in enumerate(ranked) if s in relevant), 0.0)
+    return recall, mrr
+
+
+def evaluate(engine: RagEngine, weights=WEIGHTS) -> dict:
+    data = load_questions()
+    methods: dict[str, list[tuple[float, float, str]]] = {}
+    best_dense_answerable = []
+    latencies = []
+    for item in data["questions"]:
+        started = time.perf_counter()
+        vector = engine.embedder.embed_query(item["question"])
+        latencies.append(time.perf_counter() - started)
+        dense, bm25, sources = engine.score_all(item["question"], vector)
+        best_dense_answerable.append(float(dense.max()))
+        runs = {"dense": dense, "bm25": bm25}
+        for w in weights:
+            runs[f"linear@{w}"] = linear_fusion(dense, bm25, w)
+            runs[f"rrf@{w}"] = rrf_fusion(dense, bm25, w)
+        for name, scores in runs.items():
+            recall, mrr = _metrics(_ranked_sources(scores, sources), item["relevant"])
+            methods.setdefault(name, []).append((recall, mrr, item["lang"]))
+    best_dense_unanswerable = []
+    for question in data["unanswerable"]:
+        dense, _, _ = engine.score_all(question)
+        best_dense_unanswerable.append(float(dense.max()))
+    table = {}
+    for name, rows in methods.items():
+        entry = {"recall@5": _mean(r for r, _, _ in rows), "mrr": _mean(m for _, m, _ in rows)}
+        for lang in ("en", "es"):
+            entry[f"recall@5_{lang}"] = _mean(r for r, _, la in rows if la == lang)
+        table[name] = entry
+    return {
+        "questions": len(data["questions"]),
+        "spanish_questions": sum(1 for q in data["questions"] if q["lang"] == "es"),
+        "methods": table,
+        "query_embed_ms_p50": 1000 * statistics.median(latencies),
+        "query_embed_ms_p99": 1000 * float(np.percentile(latencies, 99)),
+        "best_dense_score": {
+            "answerable_min": min(best_dense_answerable),
+            "answerable_p10": float(np.percentile(best_dense_answerable, 10)),
+            "answerable_median": statistics.median(best_dense_answerable),
+            "unanswerable_max": max(best_dense_unanswerable),
+            "unanswerable_median": statistics.median(best_dense_unanswerable),
+        },
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else 0.0
+
+
+def ingestion_speed(embedder: Embedder, pages: int = 8) -> dict:
+    """Chunks/s of a cold ingest (parse, chunk, embed, persist) of a few pages into a new index."""
+    files = sorted(CORPUS.glob("*.md"))[:pages]
+    with tempfile.TemporaryDirectory(prefix="kuberag-bench-") as tmp:
+        engine = RagEngine.open(Path(tmp), retrieval=Retrieval(), embedder=embedder)
+        started = time.perf_counter()
+        results = engine.ingest_many((f.name, f.read_bytes(), None) for f in files)
+        elapsed = time.perf_counter() - started
+        engine.close()
+    chunks = sum(r.chunks for r in results)
+    return {"chunks": chunks, "seconds": round(elapsed, 2), "chunks_per_s": round(chunks / elapsed, 1)}
+
+
+def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
+    embedder = embedder or load_default_embedder()
+    index_dir = cache_dir / ("eval-" + embedder.name.replace("/", "_").replace(":", "_").replace("@", "_"))
+    started = time.perf_counter()
+    engine = RagEngine.open(index_dir, retrieval=Retrieval(), corpus_path=str(CORPUS), embedder=embedder)
+    build_seconds = time.perf_counter() - started
+    result = {
+        "embedder": embedder.name,
+        "dim": embedder.dim,
+        "corpus": {"documents": engine.document_count, "chunks": engine.chunk_count,
+                   "open_or_build_seconds": round(build_seconds, 2)},
+        "default_dense_weight": DEFAULT_DENSE_WEIGHT,
+        **evaluate(engine),
+        "ingestion": ingestion_speed(embedder),
+    }
+    default = result["methods"][f"linear@{DEFAULT_DENSE_WEIGHT}"]
+    result["recall@5"] = default["recall@5"]
+    result["mrr"] = default["mrr"]
+    engine.close()
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--int8" in sys.argv:
+        from kuberag_api.rag.embedding import OnnxMiniLM
+
+        print(json.dumps(run(OnnxMiniLM(quantized=True)), indent=1))
+    else:
+        print(json.dumps(run(), indent=1))
