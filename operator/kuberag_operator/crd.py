@@ -103,8 +103,25 @@ def _endpoint(what: str) -> dict:
     )
 
 
+def _materialize_defaults(schema: dict) -> dict:
+    """Expand each ``default: {}`` into the object its nested defaults make.
+
+    The API server checks a default against the CEL rules as written (without nested defaulting),
+    so an empty default would fail rules that read fields the nested defaults provide.
+    """
+    for prop in schema.get("properties", {}).values():
+        _materialize_defaults(prop)
+    if schema.get("default") == {} and schema.get("type") == "object":
+        schema["default"] = with_defaults({**schema, "default": None}, {})
+    return schema
+
+
 def spec_schema() -> dict:
     """OpenAPI v3 schema of ``spec``: defaults, bounds, and CEL rules whose messages name the field."""
+    return _materialize_defaults(_spec_schema())
+
+
+def _spec_schema() -> dict:
     return _obj(
         {
             "image": _str("Image of the API container (entrypoint `kuberag serve`).", default=DEFAULT_IMAGE, max_length=512),

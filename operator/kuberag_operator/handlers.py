@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import kopf
 from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 from kuberag_operator import metrics
-from kuberag_operator.kube import Cluster
-from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, reconcile
+from kuberag_operator.kube import Cluster, load_kube_config
+from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +40,17 @@ KOPF_PERMISSIONS = frozenset(
 )
 
 _cluster: Cluster | None = None
+_cluster_lock = threading.Lock()
 _serializer = KeyedSerializer()
 _managed: set[tuple[str, str]] = set()
 
 
 def cluster() -> Cluster:
     global _cluster
-    if _cluster is None:
-        _cluster = Cluster()
+    with _cluster_lock:  # handlers run in several worker threads
+        if _cluster is None:
+            load_kube_config()
+            _cluster = Cluster()
     return _cluster
 
 
@@ -64,7 +68,7 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
 
 
 def _run(namespace: str, name: str, *, wait: bool) -> Outcome | None:
-    outcome = _serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait)
+    outcome = merge_outcomes(_serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait))
     if outcome is not None:
         if outcome.ragservice is None:
             _managed.discard((namespace, name))

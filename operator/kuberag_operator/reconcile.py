@@ -61,6 +61,19 @@ class Outcome:
     drift: list[str] = field(default_factory=list)  # created/changed while the spec had not changed
 
 
+def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
+    """One Outcome for several passes: the last RagService seen, every change any pass made."""
+    if not outcomes:
+        return None
+    merged = Outcome(ragservice=outcomes[-1].ragservice)
+    for o in outcomes:
+        merged.created += o.created
+        merged.changed += o.changed
+        merged.pruned += o.pruned
+        merged.drift += o.drift
+    return merged
+
+
 def _ref(obj: dict) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -183,23 +196,25 @@ class KeyedSerializer:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._pending: set[tuple[str, str]] = set()
 
-    def run(self, key: tuple[str, str], fn: Callable[[], T], *, wait: bool) -> T | None:
+    def run(self, key: tuple[str, str], fn: Callable[[], T], *, wait: bool) -> list[T]:
+        """The results of every pass this call ran (empty when coalesced into a running one)."""
+        results: list[T] = []
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
             if not wait and not lock.acquire(blocking=False):
                 self._pending.add(key)  # the running pass repeats once it ends
-                return None
+                return results
         if wait:
             lock.acquire()
         try:
             while True:
                 with self._guard:
                     self._pending.discard(key)
-                result = fn()
+                results.append(fn())
                 with self._guard:
                     if key not in self._pending:
                         lock.release()
-                        return result
+                        return results
         except BaseException:
             lock.release()
             raise

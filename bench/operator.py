@@ -1,0 +1,115 @@
+"""Operator benchmark (``make bench-operator``): against a real control plane started here.
+
+- apply-to-children latency: create one RagService, time until its Deployment, Services and
+  ConfigMap exist (repeated, p50/p95/max);
+- time to reconcile 100 RagServices created at once: until every one reports
+  ``status.observedGeneration == metadata.generation`` (all children applied, status written).
+
+Writes ``bench/results/operator.json`` and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes import client
+
+from tests.fixtures.controlplane import ControlPlane, ToolPaths
+from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GROUP, VERSION, PLURAL = "kuberag.io", "v1alpha1", "ragservices"
+
+
+def _exists(fn) -> bool:
+    try:
+        fn()
+        return True
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+def apply_to_children(api: client.ApiClient, ns: str, runs: int) -> list[float]:
+    custom, core, apps = client.CustomObjectsApi(api), client.CoreV1Api(api), client.AppsV1Api(api)
+    latencies = []
+    for i in range(runs):
+        name = f"lat-{i}"
+        start = time.perf_counter()
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ragservice(name, ns))
+        checks = [lambda n=name: apps.read_namespaced_deployment(n, ns),
+                  lambda n=name: core.read_namespaced_service(n, ns),
+                  lambda n=name: core.read_namespaced_service(f"{n}-metrics", ns),
+                  lambda n=name: core.read_namespaced_config_map(f"{n}-config", ns)]
+        deadline = start + 60
+        while not all(_exists(c) for c in checks):
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{name}: children did not appear within 60s")
+            time.sleep(0.01)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def reconcile_many(api: client.ApiClient, ns: str, count: int) -> dict:
+    custom = client.CustomObjectsApi(api)
+    start = time.perf_counter()
+    for i in range(count):
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ragservice(f"many-{i}", ns, {"replicas": 2}))
+    created = time.perf_counter() - start
+    deadline = start + 600
+    while True:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+        done = sum(1 for r in items
+                   if (r.get("status") or {}).get("observedGeneration") == r["metadata"]["generation"])
+        if done == count:
+            break
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {done}/{count} RagServices reconciled within 600s")
+        time.sleep(0.1)
+    return {"count": count, "create_seconds": round(created, 3), "all_reconciled_seconds": round(time.perf_counter() - start, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.operator", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=20, help="apply-to-children samples")
+    p.add_argument("--count", type=int, default=100, help="RagServices reconciled at once")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="kuberag-bench-operator-"))
+    plane = ControlPlane(ToolPaths.load(), work)
+    plane.start()
+    op = None
+    try:
+        install_crd(plane)
+        op = OperatorProcess(plane.kubeconfig, work / "operator.log").start()
+        op.wait_healthy()
+        with plane.api_client() as api:
+            lat = apply_to_children(api, plane.create_namespace("bench-latency"), args.runs)
+            many = reconcile_many(api, plane.create_namespace("bench-many"), args.count)
+        samples = op.metrics()
+    finally:
+        if op is not None:
+            op.stop()
+        plane.stop()
+    lat_sorted = sorted(lat)
+    result = {
+        "kubernetes_version": plane.tools.kubernetes_version,
+        "apply_to_children_seconds": {
+            "runs": len(lat), "p50": round(statistics.median(lat), 4),
+            "p95": round(lat_sorted[max(0, int(0.95 * len(lat)) - 1)], 4), "max": round(max(lat), 4)},
+        "reconcile_many": many,
+        "operator_reconciles": {k: v for k, v in samples.items() if k.startswith("kuberag_operator_reconciles_total")},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "operator.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

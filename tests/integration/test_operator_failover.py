@@ -1,0 +1,73 @@
+"""Two operator replicas with Lease-based leader election: one reconciles; kill it, the other takes over."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice, wait_for
+
+pytestmark = pytest.mark.integration
+
+LEASE_ARGS = ["--leader-elect", "--lease-namespace", "kuberag-failover", "--lease-duration", "6",
+              "--renew-deadline", "4", "--retry-period", "1"]
+
+
+def test_two_operators_one_leader_and_failover(control_plane, tmp_path):
+    install_crd(control_plane)
+    control_plane.create_namespace("kuberag-failover")
+    ns = control_plane.create_namespace(f"fo-{uuid.uuid4().hex[:8]}")
+    ops = {}
+    for ident in ("op-a", "op-b"):
+        ops[ident] = OperatorProcess(control_plane.kubeconfig, tmp_path / f"{ident}.log",
+                                     [*LEASE_ARGS, "--identity", ident]).start()
+    try:
+        with control_plane.api_client() as api:
+            coord = client.CoordinationV1Api(api)
+            custom = client.CustomObjectsApi(api)
+            apps = client.AppsV1Api(api)
+
+            def holder():
+                for op in ops.values():
+                    op.assert_alive()
+                try:
+                    return coord.read_namespaced_lease("kuberag-operator", "kuberag-failover").spec.holder_identity
+                except client.ApiException as exc:
+                    assert exc.status == 404
+                    return None
+
+            def logs():
+                return "\n".join(op.log_tail(30) for op in ops.values())
+
+            leader = wait_for(holder, timeout=30, what="a leader Lease holder", diagnose=logs)
+            follower = next(i for i in ops if i != leader)
+            for op in ops.values():
+                op.wait_healthy()  # the follower answers /healthz too (standby)
+            leading = {i: op.metrics()["kuberag_operator_leader"] for i, op in ops.items()}
+            assert leading == {leader: 1.0, follower: 0.0}
+
+            def reconciled(name):
+                def probe():
+                    try:
+                        apps.read_namespaced_deployment(name, ns)
+                        return True
+                    except client.ApiException as exc:
+                        assert exc.status == 404
+                        return False
+                return probe
+
+            custom.create_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", ragservice("first", ns))
+            wait_for(reconciled("first"), timeout=30, what="the leader to reconcile", diagnose=logs)
+            assert ops[follower].metrics().get('kuberag_operator_reconciles_total{result="success"}', 0) == 0
+
+            ops[leader].kill()
+            custom.create_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", ragservice("second", ns))
+            # Takeover within the lease duration (6s) plus a few retry periods.
+            wait_for(reconciled("second"), timeout=30, what="the follower to take over and reconcile", diagnose=logs)
+            assert holder() == follower
+            assert ops[follower].metrics()["kuberag_operator_leader"] == 1.0
+    finally:
+        for op in ops.values():
+            op.stop()

@@ -1,0 +1,343 @@
+"""The operator against a real control plane (etcd + kube-apiserver + controller-manager + scheduler + kwok).
+
+One operator process for the module; every test works in its own namespace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+from kuberag_contract import ANNOTATION_CONFIG_HASH, ANNOTATION_STATIC_CONFIG_HASH
+from kuberag_contract.config import parse_config
+from kubernetes import client
+
+from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice, sample, wait_for
+
+pytestmark = pytest.mark.integration
+
+GROUP, VERSION, PLURAL = "kuberag.io", "v1alpha1", "ragservices"
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane, tmp_path_factory):
+    install_crd(control_plane)
+    proc = OperatorProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def api(control_plane):
+    with control_plane.api_client() as a:
+        yield a
+
+
+@pytest.fixture
+def ns(control_plane):
+    return control_plane.create_namespace(f"op-{uuid.uuid4().hex[:8]}")
+
+
+class Kube:
+    def __init__(self, api_client, namespace, operator):
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.ns = namespace
+        self.operator = operator
+
+    def create(self, body):
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def get(self, name):
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def patch(self, name, spec_patch):
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec_patch})
+
+    def secret(self, name, data):
+        self.core.create_namespaced_secret(self.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name),
+                                                                    string_data=data))
+
+    def deployment(self, name):
+        try:
+            return self.apps.read_namespaced_deployment(name, self.ns)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def condition(self, name, ctype):
+        for c in (self.get(name).get("status") or {}).get("conditions") or []:
+            if c["type"] == ctype:
+                return c
+        return None
+
+    def wait(self, probe, what, timeout=TIMEOUT):
+        return wait_for(probe, timeout=timeout, what=what, diagnose=self.operator.log_tail)
+
+
+@pytest.fixture
+def kube(api, ns, operator):
+    return Kube(api, ns, operator)
+
+
+def _sample_in(kube: Kube) -> dict:
+    doc = sample()
+    doc["metadata"]["namespace"] = kube.ns
+    kube.secret("docs-qa-admin", {"apiKey": "s3cret"})
+    kube.core.create_namespaced_config_map(kube.ns, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="docs-qa-corpus"), data={"intro.md": "# kuberag\nQuestions over docs."}))
+    return doc
+
+
+def test_sample_gets_every_child_with_owner_refs_and_becomes_available(kube, operator):
+    doc = _sample_in(kube)
+    created = kube.create(doc)
+    uid = created["metadata"]["uid"]
+    dep = kube.wait(lambda: kube.deployment("docs-qa"), "the Deployment")
+    svc = kube.core.read_namespaced_service("docs-qa", kube.ns)
+    metrics_svc = kube.core.read_namespaced_service("docs-qa-metrics", kube.ns)
+    cm = kube.wait(lambda: kube.core.read_namespaced_config_map("docs-qa-config", kube.ns), "the ConfigMap")
+    pdb = kube.wait(lambda: client.PolicyV1Api(kube.core.api_client).read_namespaced_pod_disruption_budget(
+        "docs-qa", kube.ns), "the PodDisruptionBudget")
+    for obj in (dep, svc, metrics_svc, cm, pdb):
+        (ref,) = obj.metadata.owner_references
+        assert (ref.kind, ref.name, ref.uid, ref.controller, ref.block_owner_deletion) == (
+            "RagService", "docs-qa", uid, True, True)
+        assert obj.metadata.labels["app.kubernetes.io/managed-by"] == "kuberag-operator"
+    # The pinned shape, as the API server stored it.
+    pod = dep.spec.template.spec
+    assert [c.name for c in pod.containers] == ["api", "redis"]
+    api_ctr = pod.containers[0]
+    assert api_ctr.command == ["kuberag", "serve"]
+    assert {p.name: p.container_port for p in api_ctr.ports} == {"http": 8000, "metrics": 9090}
+    assert api_ctr.security_context.read_only_root_filesystem and api_ctr.security_context.run_as_user == 65532
+    config_mount = next(m for m in api_ctr.volume_mounts if m.name == "config")
+    assert config_mount.mount_path == "/etc/kuberag" and not config_mount.sub_path
+    assert dep.spec.replicas == 2
+    assert [p.name for p in svc.spec.ports] == ["http"] and [p.name for p in metrics_svc.spec.ports] == ["metrics"]
+    config = parse_config(cm.data["config.yaml"])
+    assert config.rate_limit.requests_per_minute == 60 and config.cache.l1.max_entries == 5000
+
+    # kwok runs the pods: readyReplicas and Available follow.
+    def available():
+        st = kube.get("docs-qa").get("status") or {}
+        cond = kube.condition("docs-qa", "Available")
+        return st.get("readyReplicas") == 2 and cond and cond["status"] == "True" and st
+    status = kube.wait(available, "status.readyReplicas=2 and Available=True", timeout=60)
+    assert status["observedGeneration"] == created["metadata"]["generation"]
+    assert status["endpoint"] == f"http://docs-qa.{kube.ns}.svc:8000"
+    assert status["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=docs-qa"
+    assert status["configHash"] == cm.metadata.annotations[ANNOTATION_CONFIG_HASH]
+    assert kube.condition("docs-qa", "Degraded")["status"] == "False"
+    events = kube.core.list_namespaced_event(kube.ns, field_selector=f"involvedObject.uid={uid}").items
+    assert any(e.reason == "Created" for e in events), [(e.reason, e.message) for e in events]
+
+
+def _available_service(kube: Kube, name: str, spec: dict | None = None) -> dict:
+    kube.create(ragservice(name, kube.ns, spec))
+    kube.wait(lambda: (kube.condition(name, "Available") or {}).get("status") == "True", f"{name} Available", 60)
+    return kube.get(name)
+
+
+def test_spec_edit_rolls_the_deployment_and_advances_observed_generation(kube):
+    before = _available_service(kube, "edit-me")
+    kube.patch("edit-me", {"image": "ghcr.io/kuberag/kuberag:9.9.9"})
+    kube.wait(lambda: kube.deployment("edit-me").spec.template.spec.containers[0].image == "ghcr.io/kuberag/kuberag:9.9.9",
+              "the Deployment's image to follow the spec")
+    kube.wait(lambda: kube.get("edit-me")["status"]["observedGeneration"] == before["metadata"]["generation"] + 1,
+              "observedGeneration to advance")
+
+
+def test_limit_edit_changes_only_the_configmap(kube):
+    before = _available_service(kube, "limits")
+    dep_before = kube.deployment("limits")
+    kube.patch("limits", {"rateLimit": {"requestsPerMinute": 7, "burst": 3}, "cache": {"l2": {"ttlSeconds": 42}}})
+
+    def new_config():
+        cm = kube.core.read_namespaced_config_map("limits-config", kube.ns)
+        cfg = parse_config(cm.data["config.yaml"])
+        return cfg.rate_limit.requests_per_minute == 7 and cfg.cache.l2.ttl_seconds == 42 and cm
+    cm = kube.wait(new_config, "the ConfigMap to carry the new limits")
+    kube.wait(lambda: kube.get("limits")["status"]["configHash"] == cm.metadata.annotations[ANNOTATION_CONFIG_HASH],
+              "status.configHash to follow")
+    assert kube.get("limits")["status"]["configHash"] != before["status"]["configHash"]
+    dep_after = kube.deployment("limits")
+    # Same pod template (no roll): the Deployment's generation did not move.
+    assert dep_after.metadata.generation == dep_before.metadata.generation
+    assert dep_after.spec.template.metadata.annotations[ANNOTATION_STATIC_CONFIG_HASH] == \
+        dep_before.spec.template.metadata.annotations[ANNOTATION_STATIC_CONFIG_HASH]
+
+
+def test_deleted_or_edited_child_is_restored(kube, operator):
+    _available_service(kube, "drift")
+    drift_before = sum(v for k, v in operator.metrics().items() if k.startswith("kuberag_operator_drift_corrections_total"))
+    old_uid = kube.core.read_namespaced_service("drift", kube.ns).metadata.uid
+    kube.core.delete_namespaced_service("drift", kube.ns)
+
+    def restored():
+        try:
+            return kube.core.read_namespaced_service("drift", kube.ns).metadata.uid != old_uid
+        except client.ApiException as exc:
+            assert exc.status == 404
+            return False
+    kube.wait(restored, "the deleted Service to come back", timeout=15)
+    kube.apps.patch_namespaced_deployment("drift", kube.ns, {"spec": {"template": {"spec": {"containers": [
+        {"name": "api", "image": "evil/image:1"}]}}}})
+    kube.wait(lambda: kube.deployment("drift").spec.template.spec.containers[0].image != "evil/image:1",
+              "the hand-edited Deployment to be restored", timeout=15)
+    kube.wait(lambda: sum(v for k, v in operator.metrics().items()
+                          if k.startswith("kuberag_operator_drift_corrections_total")) >= drift_before + 2,
+              "two drift corrections counted")
+    # No flapping: once restored, the Deployment stays put.
+    rv = kube.deployment("drift").spec.template.spec.containers[0].image
+    gen = kube.deployment("drift").metadata.generation
+    time.sleep(2)
+    assert kube.deployment("drift").metadata.generation == gen and rv == kube.deployment("drift").spec.template.spec.containers[0].image
+
+
+def test_deleting_the_ragservice_garbage_collects_children(kube):
+    _available_service(kube, "gone", {"replicas": 2})
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "gone")
+
+    def all_gone():
+        return (kube.deployment("gone") is None
+                and not kube.core.list_namespaced_service(kube.ns).items
+                and not [c for c in kube.core.list_namespaced_config_map(kube.ns).items if c.metadata.name == "gone-config"])
+    kube.wait(all_gone, "the children to be garbage-collected", timeout=45)
+
+
+BAD_SPECS = [
+    ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+     "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"),
+    ({"cache": {"l3": {"threshold": 0}}}, "spec.cache.l3.threshold must be in (0,1]"),
+    ({"cache": {"l3": {"threshold": 1.5}}}, "spec.cache.l3.threshold must be in (0,1]"),
+    ({"rateLimit": {"scope": "shared"}},
+     "spec.rateLimit.scope 'shared' requires spec.rateLimit.redis.url or spec.rateLimit.redis.secretRef"),
+    ({"ingestion": {"enabled": True}, "replicas": 3},
+     "spec.ingestion.enabled with more than one replica or autoscaling requires a shared vector store"),
+    ({"ingestion": {"enabled": True}, "autoscaling": {"maxReplicas": 3}},
+     "spec.ingestion.enabled with more than one replica or autoscaling requires a shared vector store"),
+    ({"retrieval": {"chunkSize": 200, "chunkOverlap": 300}},
+     "spec.retrieval.chunkOverlap must be smaller than spec.retrieval.chunkSize"),
+    ({"replicas": -1}, "spec.replicas"),
+    ({"rateLimit": {"keySource": "cookie"}}, "spec.rateLimit.keySource"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD_SPECS, ids=[m[:40] for _, m in BAD_SPECS])
+def test_bad_specs_are_refused_with_a_message_naming_the_field(kube, spec, message):
+    with pytest.raises(client.ApiException) as err:
+        kube.create(ragservice("bad", kube.ns, spec))
+    assert err.value.status == 422
+    assert message in err.value.body
+
+
+def test_names_longer_than_63_characters_are_refused(kube):
+    with pytest.raises(client.ApiException) as err:
+        kube.create(ragservice("a" * 64, kube.ns))
+    assert err.value.status == 422
+    assert "metadata.name must be at most 63 characters" in err.value.body
+
+
+def test_good_spec_with_ingestion_and_shared_store_is_accepted(kube):
+    kube.create(ragservice("ingest", kube.ns, {"replicas": 3, "ingestion": {"enabled": True},
+                                               "vectorStore": {"url": "http://weaviate:8080"}}))
+    assert kube.get("ingest")["spec"]["cache"]["l3"]["threshold"] == 0.95  # defaults applied by the API server
+
+
+def test_missing_secret_degrades_then_recovers(kube):
+    kube.create(ragservice("needs-key", kube.ns, {"adminKeySecretRef": {"name": "late-secret"}}))
+
+    def degraded():
+        c = kube.condition("needs-key", "Degraded")
+        return c and c["status"] == "True" and c
+    cond = kube.wait(degraded, "Degraded=True")
+    assert cond["reason"] == "SecretMissing"
+    assert f"spec.adminKeySecretRef: Secret {kube.ns}/late-secret not found" in cond["message"]
+    assert kube.deployment("needs-key") is None
+    kube.secret("late-secret", {"apiKey": "k"})
+    # Retried with backoff (5s, 10s, ...): recovery within the next retries.
+    kube.wait(lambda: (kube.condition("needs-key", "Degraded") or {}).get("status") == "False",
+              "recovery once the Secret exists", timeout=45)
+    assert kube.deployment("needs-key") is not None
+
+
+def test_scale_subresource_with_kubectl(kube, control_plane):
+    _available_service(kube, "scaled", {"replicas": 1})
+    out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", kube.ns,
+                          "scale", "ragservice/scaled", "--replicas=3"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    kube.wait(lambda: kube.deployment("scaled").spec.replicas == 3, "the Deployment to scale to 3")
+    kube.wait(lambda: kube.get("scaled")["status"].get("readyReplicas") == 3, "3 ready replicas in status", 60)
+    scale = kube.custom.get_namespaced_custom_object_scale(GROUP, VERSION, kube.ns, PLURAL, "scaled")
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
+    assert scale["status"]["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=scaled"
+    # kubectl get shows the printer columns.
+    out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", kube.ns, "get", "rag", "scaled"],
+                         capture_output=True, text=True, timeout=30)
+    header = out.stdout.splitlines()[0].split()
+    assert header == ["NAME", "REPLICAS", "READY", "ENDPOINT", "AVAILABLE", "AGE"], out.stdout
+
+
+def test_autoscaling_adds_an_hpa_and_turning_it_off_prunes_it(kube):
+    autoscaling = client.AutoscalingV2Api(kube.core.api_client)
+    kube.create(ragservice("auto", kube.ns, {"autoscaling": {"minReplicas": 2, "maxReplicas": 5}}))
+    hpa = kube.wait(lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler("auto", kube.ns), "the HPA")
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    # The operator does not own replicas under autoscaling (the HPA does).
+    managers = {f.manager: f for f in kube.deployment("auto").metadata.managed_fields}
+    assert "f:replicas" not in str(managers["kuberag-operator"].fields_v1.get("f:spec", {}))
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "auto",
+                                               [{"op": "remove", "path": "/spec/autoscaling"}])
+
+    def pruned():
+        try:
+            autoscaling.read_namespaced_horizontal_pod_autoscaler("auto", kube.ns)
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+    kube.wait(pruned, "the HPA to be pruned")
+    kube.wait(lambda: kube.deployment("auto").spec.replicas == 1, "replicas back to spec.replicas")
+
+
+def test_servicemonitor_needs_its_crd_and_follows_once_installed(kube, control_plane):
+    spec = {"monitoring": {"serviceMonitor": {"enabled": True}}, "networkPolicy": {"enabled": True}}
+    kube.create(ragservice("watched", kube.ns, spec))
+    net = client.NetworkingV1Api(kube.core.api_client)
+    kube.wait(lambda: net.read_namespaced_network_policy("watched", kube.ns), "the NetworkPolicy")
+    crd_present = client.ApiextensionsV1Api(kube.core.api_client).list_custom_resource_definition(
+        field_selector="metadata.name=servicemonitors.monitoring.coreos.com").items
+    if not crd_present:
+        cond = kube.wait(lambda: kube.condition("watched", "MonitoringReady"), "the MonitoringReady condition")
+        assert cond["status"] == "False" and "ServiceMonitor CRD" in cond["message"]
+        control_plane.install_servicemonitor_crd()
+    kube.patch("watched", {"monitoring": {"serviceMonitor": {"interval": "10s"}}})
+
+    def servicemonitor():
+        try:
+            return kube.custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", kube.ns, "servicemonitors",
+                                                            "watched")
+        except client.ApiException as exc:
+            assert exc.status == 404, exc
+            return None
+    sm = kube.wait(servicemonitor, "the ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["interval"] == "10s"
+    assert kube.wait(lambda: (kube.condition("watched", "MonitoringReady") or {}).get("status") == "True",
+                     "MonitoringReady=True")
+
+
+def test_operator_metrics_and_health(operator, kube):
+    _available_service(kube, "metered")
+    samples = operator.metrics()
+    assert samples['kuberag_operator_reconciles_total{result="success"}'] >= 1
+    assert samples["kuberag_operator_managed_ragservices"] >= 1
+    assert samples["kuberag_operator_reconcile_duration_seconds_count"] >= 1
+    assert operator.http_get(operator.health_port, "/healthz")[0] == 200
