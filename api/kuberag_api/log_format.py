@@ -10,7 +10,7 @@ import time
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("kuberag_request_id", default=None)
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
