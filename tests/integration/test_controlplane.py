@@ -196,3 +196,28 @@ def test_service_account_kubeconfig_has_exactly_its_rbac(
         with pytest.raises(ApiException) as still_forbidden:
             reader.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x")))
         assert still_forbidden.value.status == 403
+
+
+def test_prometheus_operator_crds_install_and_validate(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str
+) -> None:
+    installed = control_plane.install_servicemonitor_crd()
+    assert installed == [
+        "servicemonitors.monitoring.coreos.com",
+        "podmonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ]
+    assert control_plane.install_servicemonitor_crd() == installed  # idempotent: apply, not create
+    custom = client.CustomObjectsApi(api)
+
+    def service_monitor(name: str, endpoints: object) -> dict:
+        return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor", "metadata": {"name": name},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}, "endpoints": endpoints}}
+
+    wait_for("a ServiceMonitor to be created", lambda: _create_ignoring_404(lambda: custom.create_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "servicemonitors", service_monitor("ok", [{"port": "metrics"}]))))
+    with pytest.raises(ApiException) as refused:
+        custom.create_namespaced_custom_object(
+            "monitoring.coreos.com", "v1", namespace, "servicemonitors", service_monitor("bad", "not-a-list"))
+    assert refused.value.status == 422
+    assert "spec.endpoints" in refused.value.body
