@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -18,8 +19,6 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.problem_details import (
-    ProblemDetailsConfig,
-    ProblemDetailsException,
     ProblemDetailsPlugin,
 )
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -53,30 +52,24 @@ def _problem(status: int, title: str, detail: str, *, headers: dict[str, str] | 
     return Response(body, status_code=status, headers=headers, media_type="application/problem+json")
 
 
-def _http_exception_to_problem(exc: HTTPException) -> ProblemDetailsException:
-    from http import HTTPStatus
-
+def _http_problem(request: Request, exc: HTTPException) -> Response:
     title = HTTPStatus(exc.status_code).phrase if exc.status_code in HTTPStatus._value2member_map_ else "Error"
-    detail = exc.detail
-    extra: dict[str, Any] | None = None
+    detail = str(exc.detail)
+    extra: dict[str, Any] = {}
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
-        errors = []
-        for e in exc.extra:
-            if isinstance(e, dict):
-                errors.append(_field_error(str(e.get("key") or "body"), str(e.get("message", ""))))
+        errors = [_field_error(str(e.get("key") or "body"), str(e.get("message", "")))
+                  for e in exc.extra if isinstance(e, dict)]
         if errors:
             detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-            extra = {"errors": errors}
+            extra["errors"] = errors
+    elif exc.status_code == 400 and request.content_type[0] == "application/json" and "json" not in detail.lower():
+        detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):
-        extra = exc.extra
-    rid = request_id_var.get()
-    if rid:
-        extra = {**(extra or {}), "request_id": rid}
-    return ProblemDetailsException(status_code=exc.status_code, title=title, detail=detail, headers=exc.headers,
-                                   extra=extra, type_="about:blank")
+        extra.update(exc.extra)
+    return _problem(exc.status_code, title, detail, headers=exc.headers, **extra)
 
 
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 _LEADING_FIELD = re.compile(r"^([a-z_]+) (must|is) ")
 
 
@@ -224,11 +217,11 @@ def create_app(
         },
         middleware=[RequestContextMiddleware(metrics, settings.server.access_log),
                     RateLimitMiddleware(limiter, metrics)],
-        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(
-            enable_for_all_http_exceptions=True,
-            exception_to_problem_detail_map={HTTPException: _http_exception_to_problem},
-        ))],
+        # The plugin renders ProblemDetailsException; other HTTP errors get our handler, which
+        # can see the request (to name the field, the limit, and add the request id).
+        plugins=[ProblemDetailsPlugin()],
         exception_handlers={
+            HTTPException: _http_problem,
             IndexNotReady: _index_not_ready,
             RequestEntityTooLarge: _too_large,
             UnsupportedDocument: _unsupported,

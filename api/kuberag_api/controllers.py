@@ -5,13 +5,12 @@ from __future__ import annotations
 import hmac
 import time
 from datetime import UTC, datetime
-from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
-from litestar.enums import RequestEncodingType
+from litestar.di import NamedDependency
 from litestar.exceptions import (
     NotAuthorizedException,
     NotFoundException,
@@ -20,7 +19,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import ResponseSpec
-from litestar.params import Body
+from litestar.params import FromPath, JSONBody, MultipartBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from kuberag_api import __version__
@@ -109,12 +108,12 @@ class HealthController(Controller):
 
     @get("/readyz", operation_id="GetReadiness", summary="Readiness: 200 when the index is loaded, else 503",
          responses={503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons")})
-    async def readyz(self, readiness: ReadinessProbe) -> Response[Readiness]:
+    async def readyz(self, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
         result = readiness.check()
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
     @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)")
-    async def metrics(self, metrics: Metrics) -> MetricsSummary:
+    async def metrics(self, metrics: NamedDependency[Metrics]) -> MetricsSummary:
         return msgspec.convert(metrics.json_summary(), MetricsSummary)
 
 
@@ -124,8 +123,8 @@ class QueryController(Controller):
 
     @post("/query", operation_id="Query", status_code=200, summary="Answer a question over the corpus",
           opt={"route": "/query"})
-    async def query(self, request: Request, data: QueryRequest, query_service: QueryService,
-                    metrics: Metrics) -> QueryResponse:
+    async def query(self, request: Request, data: JSONBody[QueryRequest], query_service: NamedDependency[QueryService],
+                    metrics: NamedDependency[Metrics]) -> QueryResponse:
         started = time.perf_counter()
         lookup, store = _cache_flags(request, data)
         outcome = await query_service.answer(data.question, lookup=lookup, store=store)
@@ -135,8 +134,8 @@ class QueryController(Controller):
 
     @post("/query/stream", operation_id="QueryStream", status_code=200,
           summary="Answer as Server-Sent Events: sources, delta..., done", opt={"route": "/query/stream"})
-    async def query_stream(self, request: Request, data: QueryRequest, query_service: QueryService,
-                           metrics: Metrics) -> ServerSentEvent:
+    async def query_stream(self, request: Request, data: JSONBody[QueryRequest], query_service: NamedDependency[QueryService],
+                           metrics: NamedDependency[Metrics]) -> ServerSentEvent:
         started = time.perf_counter()
         lookup, store = _cache_flags(request, data)
         query_service.slot.require()  # 503 now, not after the stream started
@@ -169,7 +168,7 @@ class AdminController(Controller):
 
     @delete("/cache", operation_id="ClearCache", status_code=200,
             summary="Clear every cache level (bumps the cache epoch; only kuberag's own Redis keys)")
-    async def clear_cache(self, query_service: QueryService) -> CacheCleared:
+    async def clear_cache(self, query_service: NamedDependency[QueryService]) -> CacheCleared:
         epoch, cleared = await query_service.cache.clear()
         return CacheCleared(epoch=epoch, cleared=cleared)
 
@@ -177,8 +176,8 @@ class AdminController(Controller):
           summary="Upload one document (txt, md, html or pdf) as multipart field 'file'")
     async def ingest(
         self,
-        data: Annotated[dict[str, UploadFile], Body(media_type=RequestEncodingType.MULTI_PART)],
-        document_service: DocumentService,
+        data: MultipartBody[dict[str, UploadFile]],
+        document_service: NamedDependency[DocumentService],
     ) -> Response[IngestOut]:
         upload = data.get("file")
         if not isinstance(upload, UploadFile):
@@ -194,7 +193,7 @@ class AdminController(Controller):
         return Response(out, status_code=201 if result.status in ("added", "replaced") else 200)
 
     @get("/documents", operation_id="ListDocuments", summary="Documents in the index")
-    async def list_documents(self, document_service: DocumentService) -> DocumentList:
+    async def list_documents(self, document_service: NamedDependency[DocumentService]) -> DocumentList:
         engine = document_service.slot.require()
         docs = [DocumentOut(d.doc_id, d.source, d.content_type, d.chunks, d.bytes, d.sha256, d.added_at)
                 for d in engine.documents()]
@@ -203,7 +202,7 @@ class AdminController(Controller):
 
     @delete("/documents/{doc_id:str}", operation_id="DeleteDocument", status_code=200,
             summary="Remove a document and its chunks")
-    async def delete_document(self, doc_id: str, document_service: DocumentService) -> Deleted:
+    async def delete_document(self, doc_id: FromPath[str], document_service: NamedDependency[DocumentService]) -> Deleted:
         deleted = await document_service.delete(doc_id)
         if not deleted:
             raise NotFoundException(f"no document with id {doc_id!r} (GET /documents lists them)")
