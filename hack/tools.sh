@@ -20,8 +20,12 @@ export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
 export GOPROXY=${GOPROXY:-https://proxy.golang.org}
 
 log() { printf '[tools] %s\n' "$*" >&2; }
-die() { printf '[tools] error: %s\n' "$*" >&2; exit 1; }
+die() { trap - EXIT; printf '[tools] error: %s\n' "$*" >&2; exit 1; }
 trap 'rc=$?; [ $rc -eq 0 ] || printf "[tools] error: failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' EXIT
+
+# Parallel `make tools` runs (several clones, several engineers) share one cache: one builds at a time.
+exec 9>"$TOOLS/.lock"
+if ! flock -n 9; then log "another hack/tools.sh is building into $TOOLS; waiting for it"; flock 9; fi
 
 command -v go >/dev/null 2>&1 || die "go is not installed (need Go >= 1.25 for Kubernetes $K8S_VERSION)"
 
