@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from kuberag_api.rag import RagEngine, load_default_embedder
 from kuberag_api.rag.embedding import Embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, rrf_fusion

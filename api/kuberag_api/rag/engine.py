@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from kuberag_contract.config import Retrieval
 
 from kuberag_api.rag.bm25 import BM25Index, tokenize
 from kuberag_api.rag.chunking import Chunk, chunk_sections
@@ -27,7 +28,6 @@ from kuberag_api.rag.embedding import Embedder, load_default_embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
 from kuberag_api.rag.parsing import CONTENT_TYPES, Section, parse_document
 from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage
-from kuberag_contract.config import Retrieval
 
 log = logging.getLogger("kuberag.rag")
 
@@ -171,7 +171,7 @@ class RagEngine:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM chunks")
-                for doc_id, source, chunks, vectors in prepared:
+                for doc_id, _source, chunks, vectors in prepared:
                     self._insert_chunks(doc_id, chunks, vectors)
                     self._db.execute("UPDATE documents SET chunks=? WHERE doc_id=?", (len(chunks), doc_id))
                 self._db.execute("COMMIT")

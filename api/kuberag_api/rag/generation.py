@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from kuberag_contract.config import Providers
+
 from kuberag_api.rag.bm25 import tokenize
 from kuberag_api.rag.chunking import split_sentences
 from kuberag_api.rag.types import Passage
-from kuberag_contract.config import Providers
 
 NOT_FOUND_ANSWER = "I could not find this in the documents."
 # A passage whose cosine similarity to the question is below this is not evidence for an answer.
