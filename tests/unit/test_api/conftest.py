@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from litestar.testing import AsyncTestClient
-
 from kuberag_api.app import create_app
 from kuberag_api.live_config import LiveConfig
 from kuberag_api.rag import RagEngine
 from kuberag_contract.config import parse_config
+from litestar.testing import AsyncTestClient
+
 from tests.fixtures.api_app import app_settings, open_engine
 
 

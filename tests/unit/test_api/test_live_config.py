@@ -1,0 +1,89 @@
+"""Live config: edits and the kubelet's atomic symlink swap are applied, bad files refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from kuberag_api.live_config import LiveConfig
+from kuberag_api.settings import Settings, SettingsError
+from kuberag_contract.config import ConfigError
+
+pytestmark = pytest.mark.unit
+
+HEADER = "apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
+
+
+def kubelet_dir(root: Path, version: str, text: str) -> None:
+    """Lay out a ConfigMap volume as the kubelet does: ..<ts>/config.yaml, ..data -> ..<ts>,
+    config.yaml -> ..data/config.yaml; an update renames a new ..data symlink over the old one."""
+    ts = root / f"..{version}"
+    ts.mkdir(parents=True)
+    (ts / "config.yaml").write_text(HEADER + text)
+    tmp = root / "..data_tmp"
+    os.symlink(ts.name, tmp)
+    os.replace(tmp, root / "..data")
+    link = root / "config.yaml"
+    if not link.is_symlink():
+        os.symlink("..data/config.yaml", link)
+
+
+def test_atomic_symlink_swap_is_applied(tmp_path: Path):
+    kubelet_dir(tmp_path, "v1", "rateLimit: {requestsPerMinute: 60, burst: 10}\n")
+    live = LiveConfig.from_file(tmp_path / "config.yaml")
+    seen = []
+    live.subscribe(lambda old, new: seen.append((old.rate_limit.burst, new.rate_limit.burst)))
+    first_hash = live.hash
+    assert not live.check()
+    kubelet_dir(tmp_path, "v2", "rateLimit: {requestsPerMinute: 60, burst: 3}\ncache: {l3: {threshold: 0.9}}\n")
+    assert live.check()
+    assert live.config.rate_limit.burst == 3 and live.config.cache.l3.threshold == 0.9
+    assert seen == [(10, 3)] and live.hash != first_hash and live.reloads == 1
+    assert not live.restart_needed
+
+
+def test_invalid_file_keeps_the_last_good_config(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "rateLimit: {burst: 4}\n")
+    live = LiveConfig.from_file(path)
+    for bad, word in (("rateLimit: {burst: 0}\n", "burst"), ("cache: {l3: {threshold: 0}}\n", "threshold"),
+                      ("rateLimits: {}\n", "rateLimits"), ("rateLimit: [\n", "YAML")):
+        path.write_text(HEADER + bad)
+        os.utime(path, ns=(os.stat(path).st_mtime_ns + 1_000_000,) * 2)
+        assert not live.check()
+        assert live.config.rate_limit.burst == 4
+        assert word in live.last_error and "last good" in live.last_error
+    path.write_text(HEADER + "rateLimit: {burst: 5}\n")
+    assert live.check() and live.config.rate_limit.burst == 5 and live.last_error is None
+
+
+def test_static_change_is_flagged_for_restart(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER)
+    live = LiveConfig.from_file(path)
+    path.write_text(HEADER + "retrieval: {topK: 3}\n")
+    assert live.check() and live.restart_needed
+
+
+def test_bad_file_at_start_is_an_error(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "cache: {l1: {maxEntries: -1}}\n")
+    with pytest.raises(ConfigError, match="maxEntries"):
+        LiveConfig.from_file(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        LiveConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_settings_from_env():
+    s = Settings.from_env({"KUBERAG_PORT": "8123", "KUBERAG_METRICS_PORT": "off", "KUBERAG_REDIS_URL": "",
+                           "KUBERAG_ADMIN_API_KEY": "k", "KUBERAG_SERVICE_NAME": "docs"})
+    assert s.server.port == 8123 and s.server.metrics_port is None and s.server.host == "127.0.0.1"
+    assert s.redis.url is None and s.admin.api_key == "k" and s.service.name == "docs"
+    assert "k" not in repr(s.admin)
+    d = Settings.from_env({})
+    assert d.redis.url == "redis://127.0.0.1:6379/0" and d.server.metrics_port == 9090
+    with pytest.raises(SettingsError, match="KUBERAG_PORT"):
+        Settings.from_env({"KUBERAG_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="KUBERAG_METRICS_PORT"):
+        Settings.from_env({"KUBERAG_METRICS_PORT": "70000"})
