@@ -68,9 +68,10 @@ class ExtractiveGenerator:
                 if len(sentence) < 20:
                     continue
                 overlap = len(terms & set(tokenize(sentence)))
-                # Lexical overlap first, then the passage's rank, then the order in the passage
-                # (a passage's first sentences usually state its topic).
-                score = overlap / (1 + len(terms)) * 2.0 + 1.0 / (1 + rank) - 0.02 * position
+                # Lexical overlap with the question, the passage's similarity to it (its rank when
+                # the retriever gave no dense score), then the order in the passage.
+                closeness = passage.metadata.get("dense_score", 1.0 / (1 + rank))
+                score = 2.0 * overlap / (1 + len(terms)) + 2.0 * closeness - 0.03 * position
                 candidates.append((score, index, position, sentence))
         if not candidates:
             index, passage = useful[0]
