@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools the integration tests run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kwok, helm) from Go modules, and copies the
+# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) from Go modules, and copies the
 # prometheus-operator CRDs, into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
 # Outputs are keyed by version, so a second run (or another clone) is a no-op.
 # KUBEBUILDER_ASSETS=DIR: take kube-apiserver and etcd from DIR instead of building/Debian.
@@ -31,7 +31,7 @@ command -v go >/dev/null 2>&1 || die "go is not installed (need Go >= 1.25 for K
 
 # --- Kubernetes control plane -----------------------------------------------------------------
 build_kubernetes() {
-  local out=$TOOLS/kubernetes-$K8S_VERSION bins=(kube-apiserver kube-controller-manager kube-scheduler)
+  local out=$TOOLS/kubernetes-$K8S_VERSION bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
   local want=() b
   for b in "${bins[@]}"; do
     if [ "$b" = kube-apiserver ] && [ -n "${KUBEBUILDER_ASSETS:-}" ]; then continue; fi
@@ -62,7 +62,7 @@ build_kubernetes() {
     done
     echo ")"
   } >"$mod/go.mod"
-  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n)\n\nfunc main() {}\n' >"$mod/tools.go"
+  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n\nfunc main() {}\n' >"$mod/tools.go"
   log "kubernetes $K8S_VERSION: resolving modules ($(grep -c '=>' "$mod/go.mod") staging replaces at $staging_version)"
   (cd "$mod" && go mod tidy) || die "go mod tidy failed for the kubernetes throwaway module ($mod/go.mod)"
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
@@ -81,13 +81,13 @@ build_kubernetes() {
 }
 
 # --- go install tools (no replace directives upstream) ------------------------------------------
-go_install() { # name version package
-  local name=$1 version=$2 pkg=$3 out=$TOOLS/$1-$2
+go_install() { # name version package [extra ldflags]
+  local name=$1 version=$2 pkg=$3 ldflags="-s -w ${4:-}" out=$TOOLS/$1-$2
   if [ -x "$out/bin/$name" ]; then log "$name $version: up to date in $out/bin"; return; fi
   log "$name $version: go install $pkg@$version"
   local start=$SECONDS
   mkdir -p "$out"
-  GOBIN="$out/bin.tmp" go install -trimpath -ldflags "-s -w" "$pkg@$version" ||
+  GOBIN="$out/bin.tmp" go install -trimpath -ldflags "$ldflags" "$pkg@$version" ||
     die "go install $pkg@$version failed (see above)"
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
   log "$name $version: built in $((SECONDS - start))s"
@@ -114,6 +114,9 @@ copy_prometheus_crds() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
+# Without the -X, `helm version` says v3.19 (helm reads its version from ldflags only).
+build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
+
 etcd_binary() {
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then echo "$KUBEBUILDER_ASSETS/etcd"; return; fi
   local e
@@ -138,6 +141,7 @@ write_paths() {
   "kube-apiserver": "$apiserver",
   "kube-controller-manager": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-controller-manager",
   "kube-scheduler": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-scheduler",
+  "kubectl": "$TOOLS/kubernetes-$K8S_VERSION/bin/kubectl",
   "kwok": "$TOOLS/kwok-$KWOK_VERSION/bin/kwok",
   "helm": "$TOOLS/helm-$HELM_VERSION/bin/helm",
   "prometheus_operator_crds": "$TOOLS/prometheus-operator-crds-$PROM_OPERATOR_VERSION"
@@ -153,12 +157,12 @@ case $only in
     build_kubernetes
     go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
     copy_prometheus_crds
-    go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+    build_helm
     ;;
   kubernetes) build_kubernetes ;;
   kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
   crds) copy_prometheus_crds ;;
-  helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+  helm) build_helm ;;
   paths) ;;
   *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|paths]" ;;
 esac

@@ -221,3 +221,9 @@ def test_prometheus_operator_crds_install_and_validate(
             "monitoring.coreos.com", "v1", namespace, "servicemonitors", service_monitor("bad", "not-a-list"))
     assert refused.value.status == 422
     assert "spec.endpoints" in refused.value.body
+
+
+def test_pinned_kubectl_talks_to_the_cluster(control_plane: ControlPlane) -> None:
+    assert control_plane.kubectl("get", "nodes", "-o", "name").stdout.split() == [f"node/{control_plane.node_name}"]
+    version = control_plane.kubectl("version", "-o", "json").stdout
+    assert f'"gitVersion": "{control_plane.tools.kubernetes_version}"' in version
