@@ -10,23 +10,11 @@ from kuberag_api.live_config import LiveConfig
 from kuberag_api.settings import Settings, SettingsError
 from kuberag_contract.config import ConfigError
 
+from tests.fixtures.api_app import kubelet_dir
+
 pytestmark = pytest.mark.unit
 
 HEADER = "apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
-
-
-def kubelet_dir(root: Path, version: str, text: str) -> None:
-    """Lay out a ConfigMap volume as the kubelet does: ..<ts>/config.yaml, ..data -> ..<ts>,
-    config.yaml -> ..data/config.yaml; an update renames a new ..data symlink over the old one."""
-    ts = root / f"..{version}"
-    ts.mkdir(parents=True)
-    (ts / "config.yaml").write_text(HEADER + text)
-    tmp = root / "..data_tmp"
-    os.symlink(ts.name, tmp)
-    os.replace(tmp, root / "..data")
-    link = root / "config.yaml"
-    if not link.is_symlink():
-        os.symlink("..data/config.yaml", link)
 
 
 def test_atomic_symlink_swap_is_applied(tmp_path: Path):

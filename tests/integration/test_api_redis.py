@@ -1,0 +1,153 @@
+"""The L2 cache against a real redis-server: killed or hung during a burst, every query is still
+answered quickly; when Redis is back L2 is used again; DELETE /cache leaves foreign keys alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from kuberag_api.app import create_app
+from kuberag_api.live_config import LiveConfig
+from kuberag_contract.config import parse_config
+from litestar.testing import AsyncTestClient
+
+from tests.fixtures.api_app import ADMIN_KEY, app_settings, open_engine
+
+pytestmark = pytest.mark.integration
+
+# L1 and L3 off: every repeated question must come from L2, so the test sees what L2 does.
+L2_ONLY = """
+rateLimit: {requestsPerMinute: 100000, burst: 100000}
+cache: {l1: {maxEntries: 0}, l3: {enabled: false}}
+"""
+QUESTIONS = [
+    "Which port does the Redis sidecar listen on?",
+    "How many requests per minute may a client send?",
+    "What does the operator create for a RagService?",
+    "At what temperature is green tea brewed?",
+    "How long does black tea take?",
+    "How are clients identified?",
+]
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    eng = open_engine(tmp_path)
+    yield eng
+    eng.close()
+
+
+def make_app(tmp_path: Path, engine, redis_url: str, config: str = L2_ONLY):
+    settings = app_settings(tmp_path, redis_url=redis_url, breaker_reset_seconds=0.3)
+    return create_app(settings, engine=engine, live=LiveConfig(parse_config(config)), serve_metrics=False,
+                      background_interval=0.1)
+
+
+async def ask(client: AsyncTestClient, question: str) -> tuple[dict, float]:
+    started = time.perf_counter()
+    r = await client.post("/query", json={"question": question})
+    elapsed = time.perf_counter() - started
+    assert r.status_code == 200, r.text
+    return r.json(), elapsed
+
+
+async def wait_for(predicate, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def answer_keys(redis_server) -> int:
+    reply = redis_server.command("KEYS", "kuberag:default:local:a:*")
+    return int(reply.split(b"\r\n", 1)[0][1:])
+
+
+async def wait_stored(redis_server, n: int) -> None:
+    """L2 writes run in the background (the answer never waits for them): wait until they landed."""
+    async def stored() -> bool:
+        return answer_keys(redis_server) >= n
+
+    await wait_for(stored)
+
+
+async def burst(client: AsyncTestClient, n: int) -> list[tuple[dict, float]]:
+    return await asyncio.gather(*(ask(client, QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(n)))
+
+
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redis_server, failure):
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url)) as client:
+        for q in QUESTIONS:
+            await ask(client, q)
+        await wait_stored(redis_server, len(QUESTIONS))
+        body, _ = await ask(client, QUESTIONS[0])
+        assert body["cache_level"] == "l2"
+
+        if failure == "killed":
+            redis_server.kill()
+        else:
+            redis_server.hang()
+        results = await burst(client, 60)
+        # Every query answered; none waited on Redis for longer than a couple of timeouts.
+        assert len(results) == 60
+        slowest = max(elapsed for _, elapsed in results)
+        assert slowest < 1.5, f"slowest query took {slowest:.3f}s with Redis {failure}"
+        assert all(b["cache_level"] != "l2" for b, _ in results)
+        ready = (await client.get("/readyz")).json()
+        assert ready["status"] == "ready"  # a pod without its cache still serves
+        assert ready["checks"]["redis"]["status"].startswith("down")
+        assert any(b["degraded"] for b, _ in results)
+        # With the breaker open, a query costs no Redis timeout at all.
+        _, elapsed = await ask(client, "Is there a cache for answers?")
+        assert elapsed < 0.5
+
+        if failure == "killed":
+            redis_server.start()
+        else:
+            redis_server.resume()
+
+        async def redis_back() -> bool:
+            return (await client.get("/readyz")).json()["checks"]["redis"]["status"] == "up"
+
+        await wait_for(redis_back)
+        fresh = "Which port does the Redis sidecar use?"
+        await ask(client, fresh)
+        await wait_stored(redis_server, 1 if failure == "killed" else len(QUESTIONS) + 1)
+        body, _ = await ask(client, fresh)
+        assert body["cache_level"] == "l2" and body["degraded"] is False
+
+
+async def test_l2_is_shared_by_a_restarted_api_container(tmp_path, engine, redis_server):
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as first:
+        body, _ = await ask(first, QUESTIONS[1])
+        assert body["cache_hit"] is False
+        await wait_stored(redis_server, 1)
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as second:
+        body, _ = await ask(second, QUESTIONS[1])
+        assert body["cache_level"] == "l2"
+
+
+async def test_delete_cache_removes_only_kuberag_keys(tmp_path, engine, redis_server):
+    redis_server.command("SET", "someone-else:key", "keep me")
+    redis_server.command("SET", "kuberag:other-namespace:x:a:1", "another service's entry")
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as client:
+        for q in QUESTIONS:
+            await ask(client, q)
+        await wait_stored(redis_server, 6)
+        r = await client.delete("/cache", headers={"X-API-Key": ADMIN_KEY})
+        assert r.status_code == 200
+        assert r.json()["cleared"]["l2"] == 6 and r.json()["epoch"] == 1
+        assert answer_keys(redis_server) == 0
+        assert b"keep me" in redis_server.command("GET", "someone-else:key")
+        assert b"another service" in redis_server.command("GET", "kuberag:other-namespace:x:a:1")
+        assert b"1" in redis_server.command("GET", "kuberag:default:local:epoch")
+        body, _ = await ask(client, QUESTIONS[0])
+        assert body["cache_hit"] is False
+    # A restarted API container continues at the stored epoch.
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as again:
+        assert again.app.state.cache.epoch == 1
