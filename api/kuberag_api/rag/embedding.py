@@ -308,6 +308,9 @@ class OnnxMiniLM(_BatchedEmbedder):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # Idle ORT threads otherwise spin for a while after each run, stealing the cores the
+        # event loop needs to serve cache hits.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
         self.quantized = quantized
         self.name = MODEL_NAME + ("@onnx-int8" if quantized else "")

@@ -1,8 +1,10 @@
+import json
+import sqlite3
 import threading
 
 import numpy as np
 import pytest
-from kuberag_api.rag import DocumentError, RagEngine, UnsupportedDocument, doc_id_for
+from kuberag_api.rag import DocumentError, OnnxMiniLM, RagEngine, UnsupportedDocument, doc_id_for
 from kuberag_contract.config import Retrieval
 
 pytestmark = pytest.mark.unit
@@ -176,3 +178,24 @@ def test_concurrent_queries_while_ingesting(engine):
         t.join()
     assert not errors, errors
     assert engine.document_count == 8 and engine.chunk_count == 2 + 7
+
+
+def test_an_index_from_another_embedder_is_rebuilt_not_mixed(tmp_path, embedder):
+    first = RagEngine.open(tmp_path, retrieval=Retrieval(), embedder=embedder)
+    first.ingest("caching.md", CACHING)
+    first.ingest("limits.md", LIMITS)
+    old_vectors = np.array(first._snap.vectors)
+    first.close()
+    int8 = OnnxMiniLM(quantized=True)
+    assert int8.name != embedder.name and int8.dim == embedder.dim
+    reopened = RagEngine.open(tmp_path, retrieval=Retrieval(), embedder=int8)
+    assert reopened.document_count == 2 and reopened.chunk_count == 3
+    new_vectors = np.array(reopened._snap.vectors)
+    # Every vector now comes from the new model (close to the old ones, never identical).
+    cosine = (old_vectors * new_vectors).sum(axis=1)
+    assert (cosine < 0.99999).all() and (cosine > 0.8).all()
+    assert reopened.retrieve("Where does the second cache tier live?", top_k=1)[0].source == "caching.md"
+    reopened.close()
+    with sqlite3.connect(tmp_path / "rag-index.sqlite3") as db:
+        params = json.loads(db.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
+    assert (params["embedder"], params["dim"]) == (int8.name, 384)
