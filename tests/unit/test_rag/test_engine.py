@@ -199,3 +199,16 @@ def test_an_index_from_another_embedder_is_rebuilt_not_mixed(tmp_path, embedder)
     with sqlite3.connect(tmp_path / "rag-index.sqlite3") as db:
         params = json.loads(db.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
     assert (params["embedder"], params["dim"]) == (int8.name, 384)
+
+
+def test_a_configmap_style_corpus_is_indexed_once_by_its_visible_names(tmp_path, embedder):
+    # The kubelet mounts a ConfigMap as ..<timestamp>/ files, a ..data symlink to it and
+    # top-level symlinks through ..data: only the visible names are documents.
+    corpus = tmp_path / "corpus"
+    (corpus / "..2026_11_24").mkdir(parents=True)
+    (corpus / "..2026_11_24" / "caching.md").write_bytes(CACHING)
+    (corpus / "..data").symlink_to("..2026_11_24")
+    (corpus / "caching.md").symlink_to("..data/caching.md")
+    engine = RagEngine.open(tmp_path / "data", retrieval=Retrieval(), corpus_path=str(corpus), embedder=embedder)
+    assert [d.source for d in engine.documents()] == ["caching.md"]
+    engine.close()
