@@ -24,11 +24,11 @@ def _data_dir(arg: str | None) -> Path:
 # --- serve -----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from kuberag_contract.config import ConfigError
 
     from kuberag_api.app import create_app
     from kuberag_api.log_format import configure_logging
     from kuberag_api.settings import Settings, SettingsError
-    from kuberag_contract.config import ConfigError
 
     env = dict(os.environ)
     if args.host:
@@ -71,12 +71,12 @@ def _files(paths: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from kuberag_contract.config import Retrieval
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from kuberag_api.rag import DocumentError, RagEngine
-    from kuberag_contract.config import Retrieval
 
     console = Console(stderr=False)
     files, missing = _files(args.paths)
@@ -145,8 +145,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         answer, sources = body["answer"], body["sources"]
         footer = f"({body['latency_ms']:.1f} ms, cache {body.get('cache_level') or 'miss'}, model {body.get('model')})"
     else:
-        from kuberag_api.rag import ExtractiveGenerator, RagEngine
         from kuberag_contract.config import Retrieval
+
+        from kuberag_api.rag import ExtractiveGenerator, RagEngine
 
         data_dir = _data_dir(args.data_dir)
         if not data_dir.exists():

@@ -38,7 +38,6 @@ from kuberag_api.schemas import (
     QueryRequest,
     QueryResponse,
     Readiness,
-    Source,
 )
 from kuberag_api.services import DocumentService, QueryOutcome, QueryService
 from kuberag_api.status import ReadinessProbe
@@ -83,7 +82,7 @@ def _response(outcome: QueryOutcome, started: float, request: Request) -> QueryR
     limiter_degraded = bool(request.scope.get("state", {}).get("limiter_degraded"))
     return QueryResponse(
         answer=entry.answer,
-        sources=[Source(s.doc_id, s.chunk_id, s.source, s.score, s.text, s.metadata) for s in entry.sources],
+        sources=list(entry.sources),
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
         cache_hit=outcome.cache_level is not None,
         timestamp=_now(),
@@ -123,19 +122,22 @@ class QueryController(Controller):
 
     @post("/query", operation_id="Query", status_code=200, summary="Answer a question over the corpus",
           opt={"route": "/query"})
-    async def query(self, request: Request, data: JSONBody[QueryRequest], query_service: NamedDependency[QueryService],
-                    metrics: NamedDependency[Metrics]) -> QueryResponse:
+    async def query(self, request: Request, data: JSONBody[QueryRequest],
+                    query_service: NamedDependency[QueryService]) -> QueryResponse:
+        # One dependency only: Litestar resolves two or more in an anyio task group, which costs
+        # more than the whole L1 hit (measured); the service carries the metrics.
         started = time.perf_counter()
         lookup, store = _cache_flags(request, data)
         outcome = await query_service.answer(data.question, lookup=lookup, store=store)
         response = _response(outcome, started, request)
-        metrics.observe_query(outcome.cache_level, response.latency_ms)
+        query_service.metrics.observe_query(outcome.cache_level, response.latency_ms)
         return response
 
     @post("/query/stream", operation_id="QueryStream", status_code=200,
           summary="Answer as Server-Sent Events: sources, delta..., done", opt={"route": "/query/stream"})
-    async def query_stream(self, request: Request, data: JSONBody[QueryRequest], query_service: NamedDependency[QueryService],
-                           metrics: NamedDependency[Metrics]) -> ServerSentEvent:
+    async def query_stream(self, request: Request, data: JSONBody[QueryRequest],
+                           query_service: NamedDependency[QueryService]) -> ServerSentEvent:
+        metrics = query_service.metrics
         started = time.perf_counter()
         lookup, store = _cache_flags(request, data)
         query_service.slot.require()  # 503 now, not after the stream started
@@ -146,7 +148,7 @@ class QueryController(Controller):
             try:
                 async for kind, payload in query_service.stream(data.question, lookup=lookup, store=store):
                     if kind == "sources":
-                        body = [Source(s.doc_id, s.chunk_id, s.source, s.score, s.text, s.metadata) for s in payload]
+                        body = list(payload)
                         yield ServerSentEventMessage(event="sources", data=msgspec.json.encode(body).decode())
                     elif kind == "delta":
                         yield ServerSentEventMessage(event="delta",

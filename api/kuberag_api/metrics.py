@@ -36,8 +36,6 @@ class Metrics:
             "kuberag_http_request_duration_seconds", "HTTP request latency by route", ["route"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.queries = Counter("kuberag_queries", "Answered questions by cache level (none = computed)",
-                               ["cache_level"], registry=r)
         self.cache_hits = Counter("kuberag_cache_hits", "Answer cache hits by level", ["level"], registry=r)
         self.cache_misses = Counter("kuberag_cache_misses", "Answer cache misses (computed answers)", registry=r)
         self.cache_errors = Counter("kuberag_cache_errors", "Cache backend errors by tier and operation",
@@ -79,7 +77,6 @@ class Metrics:
         self.port: int | None = None
         # children bound once: label lookups are off the hot path
         self._hit = {lvl: self.cache_hits.labels(lvl) for lvl in ("l1", "l2", "l3")}
-        self._query = {lvl: self.queries.labels(lvl) for lvl in ("l1", "l2", "l3", "none")}
         self._stage = {s: self.stage_duration.labels(s) for s in ("embed", "l3_lookup", "retrieve", "generate")}
         self._route_children: dict[tuple[str, str, int], tuple] = {}
 
@@ -104,12 +101,10 @@ class Metrics:
         if cache_level is None:
             s.cache_misses += 1
             self.cache_misses.inc()
-            self._query["none"].inc()
         else:
             s.cache_hits += 1
             setattr(s, f"hits_{cache_level}", getattr(s, f"hits_{cache_level}") + 1)
             self._hit[cache_level].inc()
-            self._query[cache_level].inc()
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self._stage[stage].observe(seconds)

@@ -60,9 +60,11 @@ def _route_label(scope: Scope) -> str:
 class RequestContextMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, metrics: Metrics, access_log_enabled: bool) -> None:
+    SLOW_SECONDS = 0.25
+
+    def __init__(self, metrics: Metrics, access_log_mode: str) -> None:
         self.metrics = metrics
-        self.access_log_enabled = access_log_enabled
+        self.access_log_mode = access_log_mode
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         given = _header(scope, b"x-request-id")
@@ -85,7 +87,8 @@ class RequestContextMiddleware(ASGIMiddleware):
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
             self.metrics.observe_request(route, scope["method"], status, elapsed)
-            if self.access_log_enabled:
+            mode = self.access_log_mode
+            if mode == "all" or (mode == "notable" and (status >= 400 or elapsed >= self.SLOW_SECONDS)):
                 access_log.info(
                     "request",
                     extra={"method": scope["method"], "path": scope["path"], "status": status,

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from kuberag_api.cache.entry import CachedSource
+
 QUESTION_MAX_CHARS = 500
 
 
@@ -23,18 +25,13 @@ class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
         self.question = stripped
 
 
-class Source(msgspec.Struct):
-    doc_id: str
-    chunk_id: str
-    source: str
-    score: float
-    text: str
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+# The cached source is the response's source: an L1 hit returns it without converting anything.
+Source = CachedSource
 
 
 class QueryResponse(msgspec.Struct):
     answer: str
-    sources: list[Source]
+    sources: list[CachedSource]
     latency_ms: float
     cache_hit: bool
     timestamp: str

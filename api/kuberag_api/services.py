@@ -113,10 +113,15 @@ class QueryService:
         self.flight: SingleFlight[QueryOutcome] = SingleFlight()
         self._scope_parts: tuple | None = None
         self._scope_token = ""
+        self._fingerprint: tuple[int, str] | None = None
 
     # --- helpers --------------------------------------------------------------------------------
     def _scope(self, engine: RagEngine) -> str:
-        parts = (engine.corpus_version, self.generator.name, engine.embedder.name, engine.retrieval_fingerprint,
+        # The retrieval fingerprint is fixed for an engine (static config) but costs a sha256 of
+        # JSON to compute: once per engine, not per request.
+        if self._fingerprint is None or self._fingerprint[0] != id(engine):
+            self._fingerprint = (id(engine), engine.retrieval_fingerprint)
+        parts = (engine.corpus_version, self.generator.name, engine.embedder.name, self._fingerprint[1],
                  self.cache.epoch)
         if parts != self._scope_parts:
             self._scope_token = CacheScope(*parts).token()

@@ -42,6 +42,15 @@ def _opt(env: Mapping[str, str], name: str, default: str | None = None) -> str |
     return raw or None
 
 
+def _access_log(raw: str) -> str:
+    value = raw.strip().lower() or "notable"
+    aliases = {"1": "all", "true": "all", "yes": "all", "on": "all", "0": "off", "false": "off", "no": "off"}
+    value = aliases.get(value, value)
+    if value not in ("all", "notable", "off"):
+        raise SettingsError(f"KUBERAG_ACCESS_LOG must be all, notable or off, got {raw!r}")
+    return value
+
+
 class SettingsError(ValueError):
     """An environment variable has a value the service cannot use; the message names it."""
 
@@ -56,8 +65,10 @@ class ServerSettings:
     """KUBERAG_METRICS_PORT: Prometheus exposition port; 0 picks a free port; "off" disables it."""
     log_level: str = "INFO"
     """KUBERAG_LOG_LEVEL."""
-    access_log: bool = True
-    """KUBERAG_ACCESS_LOG: one JSON line per request (0/false disables)."""
+    access_log: str = "notable"
+    """KUBERAG_ACCESS_LOG: ``all`` (a JSON line per request), ``notable`` (errors and requests slower
+    than 250 ms; computed answers are logged by the query service anyway) or ``off``. ``notable``
+    by default: a line per cache hit costs about as much as the hit itself (measured)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -76,7 +87,7 @@ class ServerSettings:
             port=port,
             metrics_port=metrics_port,
             log_level=(_opt(env, "KUBERAG_LOG_LEVEL", "INFO") or "INFO").upper(),
-            access_log=(env.get("KUBERAG_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")),
+            access_log=_access_log(env.get("KUBERAG_ACCESS_LOG", "notable")),
         )
 
 

@@ -31,7 +31,8 @@ def server(tmp_path: Path, redis_server):
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, "KUBERAG_PORT": str(port), "KUBERAG_METRICS_PORT": str(metrics_port),
            "KUBERAG_REDIS_URL": redis_server.url, "KUBERAG_DATA_DIR": str(tmp_path / "data"),
-           "KUBERAG_CONFIG": str(config), "KUBERAG_ADMIN_API_KEY": SECRET, "KUBERAG_HOST": "127.0.0.1"}
+           "KUBERAG_CONFIG": str(config), "KUBERAG_ADMIN_API_KEY": SECRET, "KUBERAG_HOST": "127.0.0.1",
+           "KUBERAG_ACCESS_LOG": "all"}
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env, stdout=log,
@@ -73,7 +74,7 @@ def test_serves_queries_metrics_and_logs(server):
     assert httpx.get(base + "/metrics").json()["total_requests"] == 2
     text = httpx.get(server["metrics"]).text
     for name in ("kuberag_http_requests_total", "kuberag_http_request_duration_seconds_bucket",
-                 "kuberag_cache_hits_total", "kuberag_cache_misses_total", "kuberag_queries_total",
+                 "kuberag_cache_hits_total", "kuberag_cache_misses_total",
                  "kuberag_stage_duration_seconds_bucket", "kuberag_corpus_chunks", "kuberag_corpus_documents",
                  "kuberag_redis_up", "kuberag_dependency_up", "kuberag_config_info",
                  "kuberag_rate_limiter_degraded", "kuberag_config_reload_errors_total"):

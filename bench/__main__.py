@@ -1,0 +1,91 @@
+"""``python -m bench``: run every API benchmark, write bench/results/bench.json and bench.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def l3_lookup(entries: int = 100_000, dim: int = 384, lookups: int = 2000, log=print) -> dict:
+    """SemanticCache.get_similar at ``entries`` cached questions (random unit vectors of the
+    embedder's dimension; each lookup is a cached vector plus a little noise)."""
+    from kuberag_api.cache.entry import CachedAnswer
+    from kuberag_api.cache.semantic import SemanticCache
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((entries, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cache = SemanticCache(entries, 3600, 0.95)
+    answer = CachedAnswer("a", (), "m", "q", 0.0)
+    started = time.perf_counter()
+    for i in range(entries):
+        cache.put("scope", f"k{i}", answer, vectors[i], f"question {i}")
+        if (i + 1) % 25_000 == 0:
+            log(f"  L3 index: {i + 1}/{entries} entries")
+    build = time.perf_counter() - started
+    picks = rng.integers(0, entries, lookups)
+    queries = vectors[picks] + 0.01 * rng.standard_normal((lookups, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    times, hits = [], 0
+    for q in queries:
+        t = time.perf_counter()
+        hit = cache.get_similar("scope", q, "question")
+        times.append((time.perf_counter() - t) * 1000)
+        hits += hit is not None
+    times.sort()
+    return {
+        "entries": entries, "dim": dim, "lookups": lookups,
+        "p50_ms": round(statistics.median(times), 4), "p99_ms": round(times[int(0.99 * len(times)) - 1], 4),
+        "hit_rate": round(hits / lookups, 4), "insert_ms_per_entry": round(build / entries * 1000, 4),
+        "index": "hnswlib HNSW, cosine, M=16, ef_construction=64, ef=32",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="1k chunks only, short runs (a smoke test)")
+    parser.add_argument("--skip-retrieval", action="store_true", help="skip recall@5/MRR and ingestion speed")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
+    args = parser.parse_args(argv)
+
+    from bench import http, plot
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "python": platform.python_version(), "machine": platform.machine()}
+    sizes = (1000,) if args.quick else (1000, 10000)
+    duration = 2.0 if args.quick else args.duration
+    repeats = 1 if args.quick else args.repeats
+    print("HTTP benchmark")
+    results["http"] = http.run(sizes=sizes, duration=duration, repeats=repeats)
+    print("L3 semantic cache lookups")
+    results["l3_lookup"] = l3_lookup(10_000 if args.quick else 100_000)
+    print(f"  p50 {results['l3_lookup']['p50_ms']} ms at {results['l3_lookup']['entries']} entries")
+    if not args.skip_retrieval:
+        from bench import retrieval
+
+        print("retrieval quality and ingestion speed")
+        r = retrieval.run()
+        results["retrieval"] = {"recall@5": r["recall@5"], "mrr": r["mrr"], "embedder": r["embedder"],
+                                "ingestion": r["ingestion"], "corpus": r["corpus"],
+                                "questions": r.get("questions")}
+        print(f"  recall@5 {r['recall@5']}, MRR {r['mrr']}, ingestion {r['ingestion']['chunks_per_s']} chunks/s")
+    out = RESULTS / "bench.json"
+    out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    plot.make(results, RESULTS / "bench.png")
+    print(f"wrote {out} and {RESULTS / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
