@@ -95,3 +95,13 @@ def test_serves_queries_metrics_and_logs(server):
     assert len(access) >= 5 and all(ln.get("request_id") for ln in access)
     assert first["request_id"] in {ln.get("request_id") for ln in access}
     assert SECRET not in server["log"].read_text()
+
+
+def test_ask_against_the_server(server, capsys):
+    from kuberag_api.cli import main
+
+    assert main(["ask", "Which port does the Redis sidecar listen on?", "--url", server["base"]]) == 0
+    out = capsys.readouterr().out
+    assert "6379" in out and "redis.md" in out
+    assert main(["ask", "hello?", "--url", "http://127.0.0.1:9"]) == 3
+    assert "cannot reach" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""The kuberag command line: ingest (summary, refusals, exit codes) and ask, with clear messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kuberag_api.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
+from tests.fixtures.api_app import write_corpus
+
+pytestmark = pytest.mark.unit
+
+
+def test_ingest_then_ask(tmp_path: Path, capsys):
+    corpus = write_corpus(tmp_path / "docs")
+    (corpus / "sub").mkdir()
+    (corpus / "sub" / "nested.md").write_text("# Nested\n\nThe nested file mentions the blue heron.\n")
+    (corpus / "binary.exe").write_bytes(b"MZ\x00\x00")
+    data = tmp_path / "index"
+    assert main(["ingest", str(corpus), "--data-dir", str(data)]) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert "binary.exe" in out and "refused" in out and "unsupported" in out
+    assert "sub/nested.md" in out and "5 added" in out
+    assert main(["ingest", str(corpus / "tea.txt"), "--data-dir", str(data)]) == EXIT_OK
+    assert "1 unchanged" in capsys.readouterr().out
+    assert main(["ask", "Which bird does the nested file mention?", "--data-dir", str(data)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "heron" in out and "sub/nested.md" in out
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path, capsys):
+    assert main(["ask", "   "]) == EXIT_USAGE
+    assert "empty" in capsys.readouterr().err
+    assert main(["ask", "x" * 501]) == EXIT_USAGE
+    assert "500" in capsys.readouterr().err
+    assert main(["ask", "anything?", "--data-dir", str(tmp_path / "none")]) == EXIT_USAGE
+    assert "kuberag ingest" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "missing"), "--data-dir", str(tmp_path / "i")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
