@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,8 +98,14 @@ def _sources(passages) -> tuple[CachedSource, ...]:
     )
 
 
-def _doc_ids(passages) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(p.doc_id for p in passages))
+_CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+def _doc_ids(passages, answer: str) -> tuple[str, ...]:
+    """The documents the answer cites ([n] = the n-th source); all sources when it cites none."""
+    cited = [int(n) - 1 for n in _CITATION.findall(answer)]
+    chosen = [passages[i] for i in cited if 0 <= i < len(passages)] or list(passages)
+    return tuple(dict.fromkeys(p.doc_id for p in chosen))
 
 
 class QueryService:
@@ -191,7 +198,7 @@ class QueryService:
                 return QueryOutcome(entry, "l3", similarity, self.degraded())
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
         text, model, prompt, completion, llm_degraded = await self._generate(question, passages)
-        entry = CachedAnswer(text, _sources(passages), model, question, time.time(), _doc_ids(passages),
+        entry = CachedAnswer(text, _sources(passages), model, question, time.time(), _doc_ids(passages, text),
                              prompt, completion)
         if store and not llm_degraded:
             self.cache.put(key, scope, entry, vector, norm)
@@ -243,7 +250,8 @@ class QueryService:
                 yield "delta", text
         finally:
             self.metrics.observe_stage("generate", time.perf_counter() - started)
-        entry = CachedAnswer("".join(parts), sources, self.generator.name, question, time.time(), _doc_ids(passages))
+        text = "".join(parts)
+        entry = CachedAnswer(text, sources, self.generator.name, question, time.time(), _doc_ids(passages, text))
         if store and not degraded:
             self.cache.put(key, scope, entry, vector, norm)
         yield "done", QueryOutcome(entry, None, None, degraded or self.degraded())

@@ -168,3 +168,13 @@ async def test_single_flight_propagates_errors_and_forgets_them():
         return 1
 
     assert (await sf.run("k", ok)) == (1, False)
+
+
+def test_cached_answer_records_the_cited_documents():
+    from kuberag_api.rag import Passage
+    from kuberag_api.services import _doc_ids
+
+    passages = [Passage(f"d{i}", f"d{i}:0", f"s{i}", "t", 1.0) for i in range(4)]
+    assert _doc_ids(passages, "First [2]. Second [4]. Again [2].") == ("d1", "d3")
+    assert _doc_ids(passages, "No citation.") == ("d0", "d1", "d2", "d3")
+    assert _doc_ids(passages, "Out of range [9].") == ("d0", "d1", "d2", "d3")
