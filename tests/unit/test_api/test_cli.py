@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from kuberag_api.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
+
 from tests.fixtures.api_app import write_corpus
 
 pytestmark = pytest.mark.unit
