@@ -18,9 +18,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.problem_details import (
-    ProblemDetailsPlugin,
-)
+from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from kuberag_api import __version__
@@ -39,6 +37,8 @@ from kuberag_api.settings import Settings
 from kuberag_api.status import ReadinessProbe
 
 log = logging.getLogger("kuberag.app")
+# Routes without their own limit (the query routes take 16 KiB, uploads 50 MiB).
+DEFAULT_MAX_BODY = 1024 * 1024
 
 
 # --- errors as RFC 9457 problem details ------------------------------------------------------
@@ -236,10 +236,8 @@ def create_app(
                 "adminApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
             }),
         ),
-        request_max_body_size=UPLOAD_MAX_BODY_DEFAULT,
+        request_max_body_size=DEFAULT_MAX_BODY,
         debug=False,
         logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
     )
 
-
-UPLOAD_MAX_BODY_DEFAULT = 1024 * 1024
