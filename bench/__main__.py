@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="1k chunks only, short runs (a smoke test)")
     parser.add_argument("--skip-retrieval", action="store_true", help="skip recall@5/MRR and ingestion speed")
+    parser.add_argument("--sizes", default="1000,10000", help="index sizes in chunks (comma separated)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
     args = parser.parse_args(argv)
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                      "python": platform.python_version(), "machine": platform.machine()}
-    sizes = (1000,) if args.quick else (1000, 10000)
+    try:
+        sizes = (1000,) if args.quick else tuple(int(x) for x in args.sizes.split(","))
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     duration = 2.0 if args.quick else args.duration
     repeats = 1 if args.quick else args.repeats
     print("HTTP benchmark")
