@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # The election logs every renewal at INFO; kopf every child event: keep what matters.
+        logging.getLogger("leaderelection").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         load_kube_config()
     except Exception as exc:  # config errors come in several types; the message is what matters
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     standby = StandbyHealth(args.health_port, args.bind)
+    logger.info("%s waits for the leader Lease %s/%s", args.identity, args.lease_namespace, args.lease_name)
 
     def lead() -> None:
         logger.info("%s holds the Lease %s/%s: reconciling", args.identity, args.lease_namespace, args.lease_name)

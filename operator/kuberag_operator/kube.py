@@ -18,6 +18,9 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 FIELD_MANAGER = "kuberag-operator"
+# (connect, read) seconds: a hung API server must not pin a worker thread forever.
+REQUEST_TIMEOUT = (5, 30)
+_T = {"_request_timeout": REQUEST_TIMEOUT}
 SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 # (api group, resource, verb): "" is the core group. SSA of a missing object needs create too.
@@ -66,19 +69,19 @@ class Cluster:
     # --- RagServices ---------------------------------------------------------------------------
     def get_ragservice(self, namespace: str, name: str) -> dict | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, **_T)
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     def patch_ragservice_status(self, namespace: str, name: str, status: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status}, **_T)
 
     # --- children ------------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
         try:
-            return self._resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+            return self._resource(api_version, kind).get(name=name, namespace=namespace, **_T).to_dict()
         except NotFoundError:
             return None
 
@@ -86,7 +89,7 @@ class Cluster:
         """Server-side apply: idempotent (a no-op apply does not touch the object)."""
         res = self._resource(obj["apiVersion"], obj["kind"])
         return self.dynamic.server_side_apply(
-            res, body=obj, namespace=obj["metadata"]["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True
+            res, body=obj, namespace=obj["metadata"]["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True, **_T
         ).to_dict()
 
     def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
@@ -101,7 +104,7 @@ class Cluster:
         if not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
             return False
         try:
-            self._resource(api_version, kind).delete(name=name, namespace=namespace)
+            self._resource(api_version, kind).delete(name=name, namespace=namespace, **_T)
         except NotFoundError:
             return False
         return True
@@ -110,7 +113,7 @@ class Cluster:
     def secret_key_problem(self, namespace: str, name: str, key: str) -> str | None:
         """None if Secret ``name`` has ``key``; else what is wrong."""
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            secret = self.core.read_namespaced_secret(name, namespace, **_T)
         except client.ApiException as exc:
             if exc.status == 404:
                 return f"Secret {namespace}/{name} not found"
@@ -121,7 +124,7 @@ class Cluster:
 
     def servicemonitor_crd_installed(self) -> bool:
         try:
-            self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD)
+            self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
         except client.ApiException as exc:
             if exc.status == 404:
                 return False

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import urllib3
 from kuberag_contract import ANNOTATION_CONFIG_HASH
 from kubernetes import client
 
@@ -168,6 +169,9 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     except client.ApiException as exc:
         detail = exc.body if isinstance(exc.body, str) and exc.body else exc.reason
         raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {exc.status} {detail}",
+                    temporary=True, result="error") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: API server unreachable ({exc})",
                     temporary=True, result="error") from None
 
     deployment = applied["Deployment"]

@@ -102,8 +102,8 @@ def test_sample_gets_every_child_with_owner_refs_and_becomes_available(kube, ope
     created = kube.create(doc)
     uid = created["metadata"]["uid"]
     dep = kube.wait(lambda: kube.deployment("docs-qa"), "the Deployment")
-    svc = kube.core.read_namespaced_service("docs-qa", kube.ns)
-    metrics_svc = kube.core.read_namespaced_service("docs-qa-metrics", kube.ns)
+    svc = kube.wait(lambda: kube.core.read_namespaced_service("docs-qa", kube.ns), "the Service")
+    metrics_svc = kube.wait(lambda: kube.core.read_namespaced_service("docs-qa-metrics", kube.ns), "the metrics Service")
     cm = kube.wait(lambda: kube.core.read_namespaced_config_map("docs-qa-config", kube.ns), "the ConfigMap")
     pdb = kube.wait(lambda: client.PolicyV1Api(kube.core.api_client).read_namespaced_pod_disruption_budget(
         "docs-qa", kube.ns), "the PodDisruptionBudget")
@@ -295,8 +295,7 @@ def test_autoscaling_adds_an_hpa_and_turning_it_off_prunes_it(kube):
     # The operator does not own replicas under autoscaling (the HPA does).
     managers = {f.manager: f for f in kube.deployment("auto").metadata.managed_fields}
     assert "f:replicas" not in str(managers["kuberag-operator"].fields_v1.get("f:spec", {}))
-    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "auto",
-                                               [{"op": "remove", "path": "/spec/autoscaling"}])
+    kube.patch("auto", {"autoscaling": None})  # merge patch: null removes the field
 
     def pruned():
         try:
