@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -48,31 +50,20 @@ class BM25Index:
     only the postings of its own terms.
     """
 
-    def __init__(self, token_lists: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(self, token_lists: Sequence[Sequence[str]], k1: float = 1.2, b: float = 0.75) -> None:
         self.n = len(token_lists)
-        vocab: dict[str, int] = {}
-        rows: list[np.ndarray] = []
-        terms: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        lengths = np.zeros(self.n, dtype=np.float32)
-        for i, tokens in enumerate(token_lists):
-            lengths[i] = len(tokens)
-            if not tokens:
-                continue
-            ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in tokens), dtype=np.int64, count=len(tokens))
-            unique, tf = np.unique(ids, return_counts=True)
-            rows.append(np.full(len(unique), i, dtype=np.int32))
-            terms.append(unique)
-            counts.append(tf)
+        # One pass over all tokens, then numpy: (chunk, term) pairs counted with a single unique.
+        all_tokens = list(itertools.chain.from_iterable(token_lists))
+        vocab = {t: i for i, t in enumerate(dict.fromkeys(all_tokens))}
+        ids = np.fromiter(map(vocab.__getitem__, all_tokens), dtype=np.int64, count=len(all_tokens))
+        lengths = np.fromiter((len(tokens) for tokens in token_lists), dtype=np.int64, count=self.n)
+        rows_all = np.repeat(np.arange(self.n, dtype=np.int64), lengths)
+        pairs, tf = np.unique(rows_all * max(len(vocab), 1) + ids, return_counts=True)
+        row = (pairs // max(len(vocab), 1)).astype(np.int32)
+        term = pairs % max(len(vocab), 1)
+        tf = tf.astype(np.float32)
+        lengths = lengths.astype(np.float32)
         self.vocab = vocab
-        if rows:
-            row = np.concatenate(rows)
-            term = np.concatenate(terms)
-            tf = np.concatenate(counts).astype(np.float32)
-        else:
-            row = np.zeros(0, np.int32)
-            term = np.zeros(0, np.int64)
-            tf = np.zeros(0, np.float32)
         order = np.argsort(term, kind="stable")
         self.doc_ids = row[order]
         df = np.bincount(term, minlength=len(vocab)).astype(np.float32)

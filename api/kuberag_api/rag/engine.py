@@ -148,18 +148,17 @@ class RagEngine:
             "SELECT doc_id, source, content_type, bytes, sha256, added_at, chunks FROM documents"
         ):
             documents[doc_id] = DocumentInfo(doc_id, source, ctype, chunks, size, sha, added)
+        (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
+        buffer = np.zeros((count, self._embedder.dim), dtype=np.float32)
         rows: list[_ChunkRow] = []
-        blobs: list[bytes] = []
-        for doc_id, chunk_id, position, heading, page, text, tokens, vector in self._db.execute(
+        for i, (doc_id, chunk_id, position, heading, page, text, tokens, vector) in enumerate(self._db.execute(
             "SELECT doc_id, chunk_id, position, heading, page, text, tokens, vector FROM chunks ORDER BY seq"
-        ):
+        )):
             rows.append(_ChunkRow(doc_id, chunk_id, documents[doc_id].source, text, heading, position, page,
                                   tuple(tokens.split())))
-            blobs.append(vector)
-        dim = self._embedder.dim
-        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
-        self._capacity_buffer = np.array(vectors, dtype=np.float32)
-        self._publish(rows, self._capacity_buffer[: len(rows)], documents)
+            buffer[i] = np.frombuffer(vector, dtype=np.float32)
+        self._capacity_buffer = buffer
+        self._publish(rows, buffer[: len(rows)], documents)
 
     def _rebuild_chunks(self) -> None:
         with self._write_lock:
@@ -397,7 +396,7 @@ class RagEngine:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def _publish(self, rows: list[_ChunkRow], vectors: np.ndarray, documents: dict[str, DocumentInfo]) -> None:
-        bm25 = BM25Index([list(r.tokens) for r in rows])
+        bm25 = BM25Index([r.tokens for r in rows])
         self._snap = _Snapshot(vectors, rows, bm25, documents, self._version(documents))
 
     def _current_documents(self) -> dict[str, DocumentInfo]:
