@@ -46,7 +46,7 @@ def l3_lookup(entries: int = 100_000, dim: int = 384, lookups: int = 2000, log=p
         "entries": entries, "dim": dim, "lookups": lookups,
         "p50_ms": round(statistics.median(times), 4), "p99_ms": round(times[int(0.99 * len(times)) - 1], 4),
         "hit_rate": round(hits / lookups, 4), "insert_ms_per_entry": round(build / entries * 1000, 4),
-        "index": "hnswlib HNSW, cosine, M=16, ef_construction=64, ef=32",
+        "index": "hnswlib HNSW, cosine, M=16, ef_construction=64, ef=128",
     }
 
 
