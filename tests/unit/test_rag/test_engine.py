@@ -212,3 +212,16 @@ def test_a_configmap_style_corpus_is_indexed_once_by_its_visible_names(tmp_path,
     engine = RagEngine.open(tmp_path / "data", retrieval=Retrieval(), corpus_path=str(corpus), embedder=embedder)
     assert [d.source for d in engine.documents()] == ["caching.md"]
     engine.close()
+
+
+def test_ingest_many_reports_refusals_and_publishes_once(engine):
+    seen = []
+    results = engine.ingest_many(
+        [("caching.md", CACHING, None), ("bad.docx", b"PK", None), ("limits.md", LIMITS, None)],
+        progress=seen.append,
+    )
+    assert [r.status for r in results] == ["added", "refused", "added"]
+    assert "bad.docx" in results[1].reason and seen == results
+    assert engine.document_count == 2 and engine.chunk_count == 3
+    dense, bm25, sources = engine.score_all("token bucket")
+    assert dense.shape == bm25.shape == (3,) and sources[int(bm25.argmax())] == "limits.md"
