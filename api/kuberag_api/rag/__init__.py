@@ -15,12 +15,14 @@ from kuberag_api.rag.embedding import (
 from kuberag_api.rag.engine import RagEngine, doc_id_for
 from kuberag_api.rag.generation import (
     NOT_FOUND_ANSWER,
+    NOT_FOUND_ANSWER_ES,
     ExtractiveGenerator,
     GeneratedAnswer,
     GenerationError,
     Generator,
     OpenAIChatGenerator,
     build_generator,
+    not_found_answer,
 )
 from kuberag_api.rag.parsing import SUPPORTED as SUPPORTED_TYPES
 from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage, UnsupportedDocument
@@ -28,6 +30,7 @@ from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Pas
 __all__ = [
     "MODEL_NAME",
     "NOT_FOUND_ANSWER",
+    "NOT_FOUND_ANSWER_ES",
     "SUPPORTED_TYPES",
     "DocumentError",
     "DocumentInfo",
@@ -48,4 +51,5 @@ __all__ = [
     "build_generator",
     "doc_id_for",
     "load_default_embedder",
+    "not_found_answer",
 ]

@@ -14,6 +14,11 @@ from kuberag_api.rag.chunking import split_sentences
 from kuberag_api.rag.types import Passage
 
 NOT_FOUND_ANSWER = "I could not find this in the documents."
+NOT_FOUND_ANSWER_ES = "No he encontrado esto en los documentos."
+_SPANISH_HINTS = frozenset(
+    "qué cómo cuál cuáles cuándo dónde quién por para una los las del está están puedo puede hay "
+    "el la es son se con sin".split()
+)
 # A passage whose cosine similarity to the question is below this is not evidence for an answer.
 # Measured on bench/data with all-MiniLM-L6-v2 (bench/retrieval.py): the best passage of 96% of
 # the answerable questions scores >= 0.2 (median 0.51; the misses are Spanish), while 5 of 8
@@ -44,6 +49,13 @@ class GenerationError(RuntimeError):
     """The LLM endpoint failed; the message says how (the API reports it as degraded / 502)."""
 
 
+def not_found_answer(question: str) -> str:
+    """The "not in the documents" answer, in Spanish for a question that reads as Spanish."""
+    words = re.findall(r"\w+", question.lower())
+    spanish = "¿" in question or "¡" in question or sum(w in _SPANISH_HINTS for w in words) >= 2
+    return NOT_FOUND_ANSWER_ES if spanish else NOT_FOUND_ANSWER
+
+
 def relevant(passage: Passage) -> bool:
     dense = passage.metadata.get("dense_score")
     return dense is None or dense >= RELEVANCE_FLOOR
@@ -62,7 +74,7 @@ class ExtractiveGenerator:
     def answer(self, question: str, passages: list[Passage]) -> str:
         useful = [(i, p) for i, p in enumerate(passages) if relevant(p)]
         if not useful:
-            return NOT_FOUND_ANSWER
+            return not_found_answer(question)
         terms = set(tokenize(question))
         candidates = []
         for rank, (index, passage) in enumerate(useful):
@@ -137,7 +149,7 @@ class OpenAIChatGenerator:
         import openai
 
         if not any(relevant(p) for p in passages):
-            return GeneratedAnswer(NOT_FOUND_ANSWER, self.name, 0, 0)
+            return GeneratedAnswer(not_found_answer(question), self.name, 0, 0)
         try:
             response = await self._client.chat.completions.create(
                 model=self.model, messages=build_messages(question, passages),
@@ -159,7 +171,7 @@ class OpenAIChatGenerator:
         import openai
 
         if not any(relevant(p) for p in passages):
-            yield NOT_FOUND_ANSWER
+            yield not_found_answer(question)
             return
         try:
             events = await self._client.chat.completions.create(

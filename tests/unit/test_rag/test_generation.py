@@ -3,10 +3,12 @@ import re
 import pytest
 from kuberag_api.rag import (
     NOT_FOUND_ANSWER,
+    NOT_FOUND_ANSWER_ES,
     ExtractiveGenerator,
     OpenAIChatGenerator,
     Passage,
     build_generator,
+    not_found_answer,
 )
 from kuberag_contract.config import Endpoint, Providers
 
@@ -51,3 +53,11 @@ def test_build_generator_follows_the_providers_config():
     assert isinstance(build_generator(Providers(), None), ExtractiveGenerator)
     llm = build_generator(Providers(llm=Endpoint(url="http://127.0.0.1:1/v1", model="m")), "k")
     assert isinstance(llm, OpenAIChatGenerator) and llm.name == "openai:m"
+
+
+async def test_the_not_found_answer_follows_the_question_language():
+    generator = ExtractiveGenerator()
+    spanish = await generator.generate("¿Cuál es la montaña más alta de Sudamérica?", [PASSAGES[2]])
+    assert spanish.text == NOT_FOUND_ANSWER_ES
+    assert not_found_answer("Que es la capital de Francia y donde esta") == NOT_FOUND_ANSWER_ES
+    assert not_found_answer("What is the capital of France?") == NOT_FOUND_ANSWER
