@@ -125,36 +125,45 @@ def _parse_markdown(text: str) -> list[Section]:
     return sections
 
 
+_HTML_BLOCKS = [
+    "p", "div", "section", "article", "main", "aside", "header", "li", "ul", "ol", "dl", "dt", "dd",
+    "pre", "blockquote", "table", "tr", "td", "th", "figure", "figcaption", "form", "fieldset",
+]
+_HEADING_MARK = "\u27e6kuberag-heading\u27e7"  # a token no real page contains, kept by str.split()
+
+
 def _parse_html(text: str) -> list[Section]:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, NavigableString
 
     soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template", "svg", "head", "nav", "footer"]):
+    for tag in soup(["script", "style", "noscript", "template", "svg", "head", "nav", "footer", "iframe"]):
         tag.decompose()
     body = soup.body or soup
+    # Keep every visible text node (also text sitting directly in a div): mark headings and
+    # block boundaries, then read the text in document order.
+    for heading in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
+        title = " ".join(heading.get_text(" ", strip=True).split())
+        heading.replace_with(NavigableString(f"\n\n{_HEADING_MARK}{title}\n\n"))
+    for br in body.find_all("br"):
+        br.replace_with(NavigableString("\n"))
+    for block in body.find_all(_HTML_BLOCKS):
+        block.insert_before(NavigableString("\n\n"))
+        block.insert_after(NavigableString("\n\n"))
     sections: list[Section] = []
-    heading: str | None = None
-    parts: list[str] = []
-    # Walk block elements in order; a heading starts a new section.
-    for element in body.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dd", "dt", "blockquote"]):
-        if element.find_parent(["p", "li", "pre", "td", "th", "dd", "dt", "blockquote"]):
-            continue  # its text is already part of an enclosing block
-        text_ = element.get_text(" ", strip=True)
-        if not text_:
+    heading_text: str | None = None
+    paragraphs: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", body.get_text()):
+        paragraph = " ".join(paragraph.split())
+        if not paragraph:
             continue
-        if element.name in {"h1", "h2", "h3", "h4", "h5", "h6"}:
-            if parts:
-                sections.append(Section(heading, "\n\n".join(parts)))
-            heading, parts = text_, []
+        if paragraph.startswith(_HEADING_MARK):
+            if paragraphs:
+                sections.append(Section(heading_text, "\n\n".join(paragraphs)))
+            heading_text, paragraphs = paragraph[len(_HEADING_MARK):].strip() or None, []
         else:
-            parts.append(text_)
-    if parts:
-        sections.append(Section(heading, "\n\n".join(parts)))
-    if not sections:
-        # Pages without block markup: all visible text.
-        whole = body.get_text("\n", strip=True)
-        if whole:
-            sections.append(Section(None, whole))
+            paragraphs.append(paragraph)
+    if paragraphs:
+        sections.append(Section(heading_text, "\n\n".join(paragraphs)))
     return sections
 
 

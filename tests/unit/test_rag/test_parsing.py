@@ -74,3 +74,14 @@ def test_unsupported_is_a_document_error_and_a_value_error():
 def test_windows_1252_text_is_decoded():
     doc = parse_document("old.txt", "Caf\xe9 con leche".encode("cp1252"))
     assert doc.text == "Café con leche"
+
+
+def test_html_keeps_text_outside_paragraph_tags_and_line_breaks():
+    html = b"""<body><div>Intro sitting directly in a div.<p>A paragraph.</p>Tail text.</div>
+    <h2>Next</h2><span>Loose span text</span><br>after a break<table><tr><td>cell one</td><td>cell two</td></tr></table>
+    </body>"""
+    doc = parse_document("loose.html", html)
+    assert [s.heading for s in doc.sections] == [None, "Next"]
+    first, second = doc.sections[0].text, doc.sections[1].text
+    assert "Intro sitting directly in a div." in first and "A paragraph." in first and "Tail text." in first
+    assert "Loose span text" in second and "after a break" in second and "cell one" in second
