@@ -362,28 +362,36 @@ class RagEngine:
         seen: set[str] = set()
         files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
         with self._write_lock:
-            for path in files:
-                source = path.relative_to(root).as_posix()
-                if path.suffix.lower() not in CONTENT_TYPES:
-                    results.append(IngestResult(doc_id_for(source), source, "refused", 0,
-                                                f"unsupported document type {path.suffix or '(none)'!r}"))
-                    continue
-                seen.add(doc_id_for(source))
-                try:
-                    results.append(self._ingest(source, path.read_bytes(), None, origin="corpus", publish=False))
-                except DocumentError as exc:
-                    results.append(IngestResult(doc_id_for(source), source, "refused", 0, str(exc)))
-                except OSError as exc:
-                    results.append(IngestResult(doc_id_for(source), source, "refused", 0, f"cannot read: {exc}"))
-            gone = [doc_id for (doc_id,) in self._db.execute("SELECT doc_id FROM documents WHERE origin='corpus'")
-                    if doc_id not in seen]
-            for doc_id in gone:
-                self.delete(doc_id)
-            self._flush()
+            try:
+                gone = self._sync_files(root, files, results, seen)
+            finally:
+                self._flush()  # publish whatever was committed, even if a later file failed
         self._ready = True
         counts = {s: sum(1 for r in results if r.status == s) for s in ("added", "replaced", "unchanged", "refused")}
         log.info("corpus indexed", extra={"corpus": str(root), **counts, "removed": len(gone), "chunks": self.chunk_count})
         return results
+
+    def _sync_files(self, root: Path, files: list[Path], results: list[IngestResult], seen: set[str]) -> list[str]:
+        """Index ``files`` (unpublished) and delete corpus documents no longer present; returns
+        the ids deleted. Runs under the write lock."""
+        for path in files:
+            source = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in CONTENT_TYPES:
+                results.append(IngestResult(doc_id_for(source), source, "refused", 0,
+                                            f"unsupported document type {path.suffix or '(none)'!r}"))
+                continue
+            seen.add(doc_id_for(source))
+            try:
+                results.append(self._ingest(source, path.read_bytes(), None, origin="corpus", publish=False))
+            except DocumentError as exc:
+                results.append(IngestResult(doc_id_for(source), source, "refused", 0, str(exc)))
+            except OSError as exc:
+                results.append(IngestResult(doc_id_for(source), source, "refused", 0, f"cannot read: {exc}"))
+        gone = [doc_id for (doc_id,) in self._db.execute("SELECT doc_id FROM documents WHERE origin='corpus'")
+                if doc_id not in seen]
+        for doc_id in gone:
+            self.delete(doc_id)
+        return gone
 
     # ------------------------------------------------------- in-memory state
 
