@@ -79,6 +79,8 @@ class ExtractiveGenerator:
         candidates = []
         for rank, (index, passage) in enumerate(useful):
             for position, sentence in enumerate(split_sentences(_flatten(passage.text))):
+                # A list item's marker means nothing inside a prose answer.
+                sentence = _LIST_MARKER.sub("", sentence)
                 if len(sentence) < 20:
                     continue
                 overlap = len(terms & set(tokenize(sentence)))
@@ -110,6 +112,9 @@ class ExtractiveGenerator:
         # Word-sized pieces, so a streaming client sees the answer arrive progressively.
         for piece in re.findall(r"\S+\s*", text):
             yield piece
+
+
+_LIST_MARKER = re.compile(r"^(?:[-*+•]|\d{1,3}[.)])\s+")
 
 
 def _flatten(text: str) -> str:
