@@ -98,7 +98,6 @@ class RagEngine:
         )
         self._capacity_buffer = np.zeros((0, embedder.dim), dtype=np.float32)
         self._pending: tuple[list[_ChunkRow], int, dict[str, DocumentInfo]] | None = None
-        self._corpus_path: str | None = None
         self._snap = self._empty_snapshot()
 
     # ----------------------------------------------------------------- opening
@@ -117,11 +116,10 @@ class RagEngine:
         engine._load()
         log.info("rag index opened", extra={"chunks": engine.chunk_count, "documents": engine.document_count,
                                             "seconds": round(time.perf_counter() - started, 3)})
-        engine._corpus_path = corpus_path
-        if corpus_path is not None and not defer_corpus:
-            engine.sync_corpus(corpus_path)
-        elif corpus_path is None or not defer_corpus:
+        if corpus_path is None:
             engine._ready = True
+        elif not defer_corpus:
+            engine.sync_corpus(corpus_path)
         return engine
 
     def _index_params(self) -> dict:
