@@ -225,3 +225,17 @@ def test_ingest_many_reports_refusals_and_publishes_once(engine):
     assert engine.document_count == 2 and engine.chunk_count == 3
     dense, bm25, sources = engine.score_all("token bucket")
     assert dense.shape == bm25.shape == (3,) and sources[int(bm25.argmax())] == "limits.md"
+
+
+def test_deferred_corpus_is_not_ready_until_synchronised(tmp_path, embedder):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "caching.md").write_bytes(CACHING)
+    engine = RagEngine.open(tmp_path / "data", retrieval=Retrieval(), corpus_path=str(corpus), embedder=embedder,
+                            defer_corpus=True)
+    assert not engine.ready and engine.document_count == 0
+    assert [r.status for r in engine.sync_corpus(corpus)] == ["added"]
+    assert engine.ready and engine.document_count == 1
+    with pytest.raises(DocumentError, match="not a directory"):
+        engine.sync_corpus(tmp_path / "missing")
+    engine.close()
