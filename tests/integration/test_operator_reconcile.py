@@ -131,7 +131,8 @@ def test_sample_gets_every_child_with_owner_refs_and_becomes_available(kube, ope
         st = kube.get("docs-qa").get("status") or {}
         cond = kube.condition("docs-qa", "Available")
         return st.get("readyReplicas") == 2 and cond and cond["status"] == "True" and st
-    status = kube.wait(available, "status.readyReplicas=2 and Available=True", timeout=60)
+    # kwok may take a while to mark pods Ready on a loaded machine: a generous bound.
+    status = kube.wait(available, "status.readyReplicas=2 and Available=True", timeout=120)
     assert status["observedGeneration"] == created["metadata"]["generation"]
     assert status["endpoint"] == f"http://docs-qa.{kube.ns}.svc:8000"
     assert status["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=docs-qa"
@@ -141,14 +142,18 @@ def test_sample_gets_every_child_with_owner_refs_and_becomes_available(kube, ope
     assert any(e.reason == "Created" for e in events), [(e.reason, e.message) for e in events]
 
 
-def _available_service(kube: Kube, name: str, spec: dict | None = None) -> dict:
-    kube.create(ragservice(name, kube.ns, spec))
-    kube.wait(lambda: (kube.condition(name, "Available") or {}).get("status") == "True", f"{name} Available", 60)
-    return kube.get(name)
+def _reconciled_service(kube: Kube, name: str, spec: dict | None = None) -> dict:
+    """Create a RagService and wait until the operator has applied its spec (children + status written)."""
+    created = kube.create(ragservice(name, kube.ns, spec))
+
+    def reconciled():
+        rs = kube.get(name)
+        return (rs.get("status") or {}).get("observedGeneration") == created["metadata"]["generation"] and rs
+    return kube.wait(reconciled, f"{name} to be reconciled")
 
 
 def test_spec_edit_rolls_the_deployment_and_advances_observed_generation(kube):
-    before = _available_service(kube, "edit-me")
+    before = _reconciled_service(kube, "edit-me")
     kube.patch("edit-me", {"image": "ghcr.io/kuberag/kuberag:9.9.9"})
     kube.wait(lambda: kube.deployment("edit-me").spec.template.spec.containers[0].image == "ghcr.io/kuberag/kuberag:9.9.9",
               "the Deployment's image to follow the spec")
@@ -157,7 +162,7 @@ def test_spec_edit_rolls_the_deployment_and_advances_observed_generation(kube):
 
 
 def test_limit_edit_changes_only_the_configmap(kube):
-    before = _available_service(kube, "limits")
+    before = _reconciled_service(kube, "limits")
     dep_before = kube.deployment("limits")
     kube.patch("limits", {"rateLimit": {"requestsPerMinute": 7, "burst": 3}, "cache": {"l2": {"ttlSeconds": 42}}})
 
@@ -177,7 +182,7 @@ def test_limit_edit_changes_only_the_configmap(kube):
 
 
 def test_deleted_or_edited_child_is_restored(kube, operator):
-    _available_service(kube, "drift")
+    _reconciled_service(kube, "drift")
     drift_before = sum(v for k, v in operator.metrics().items() if k.startswith("kuberag_operator_drift_corrections_total"))
     old_uid = kube.core.read_namespaced_service("drift", kube.ns).metadata.uid
     kube.core.delete_namespaced_service("drift", kube.ns)
@@ -204,14 +209,14 @@ def test_deleted_or_edited_child_is_restored(kube, operator):
 
 
 def test_deleting_the_ragservice_garbage_collects_children(kube):
-    _available_service(kube, "gone", {"replicas": 2})
+    _reconciled_service(kube, "gone", {"replicas": 2})
     kube.custom.delete_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "gone")
 
     def all_gone():
         return (kube.deployment("gone") is None
                 and not kube.core.list_namespaced_service(kube.ns).items
                 and not [c for c in kube.core.list_namespaced_config_map(kube.ns).items if c.metadata.name == "gone-config"])
-    kube.wait(all_gone, "the children to be garbage-collected", timeout=45)
+    kube.wait(all_gone, "the children to be garbage-collected", timeout=90)
 
 
 BAD_SPECS = [
@@ -271,12 +276,12 @@ def test_missing_secret_degrades_then_recovers(kube):
 
 
 def test_scale_subresource_with_kubectl(kube, control_plane):
-    _available_service(kube, "scaled", {"replicas": 1})
+    _reconciled_service(kube, "scaled", {"replicas": 1})
     out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", kube.ns,
                           "scale", "ragservice/scaled", "--replicas=3"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     kube.wait(lambda: kube.deployment("scaled").spec.replicas == 3, "the Deployment to scale to 3")
-    kube.wait(lambda: kube.get("scaled")["status"].get("readyReplicas") == 3, "3 ready replicas in status", 60)
+    kube.wait(lambda: kube.get("scaled")["status"].get("readyReplicas") == 3, "3 ready replicas in status", 120)
     scale = kube.custom.get_namespaced_custom_object_scale(GROUP, VERSION, kube.ns, PLURAL, "scaled")
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=scaled"
@@ -334,7 +339,7 @@ def test_servicemonitor_needs_its_crd_and_follows_once_installed(kube, control_p
 
 
 def test_operator_metrics_and_health(operator, kube):
-    _available_service(kube, "metered")
+    _reconciled_service(kube, "metered")
     samples = operator.metrics()
     assert samples['kuberag_operator_reconciles_total{result="success"}'] >= 1
     assert samples["kuberag_operator_managed_ragservices"] >= 1
