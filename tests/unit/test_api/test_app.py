@@ -254,3 +254,44 @@ async def test_rate_limit_headers_and_429(make_client):
             assert (await c.get("/readyz")).status_code == 200
             assert (await c.get("/metrics")).status_code == 200
         assert (await c.get("/metrics")).json()["rate_limited"] == 1
+
+
+async def test_stream_of_a_cached_answer(client):
+    q = {"question": "What does the operator create?"}
+    first = (await client.post("/query", json=q)).json()
+    r = await client.post("/query/stream", json=q)
+    text = r.text.replace("\r\n", "\n")
+    assert text.index("event: sources") < text.index("event: delta") < text.index("event: done")
+    done = json.loads(text.split("event: done\n", 1)[1].split("data: ", 1)[1].split("\n", 1)[0])
+    assert done["cache_level"] == "l1" and done["answer"] == first["answer"]
+
+
+async def test_pod_wide_total_limit(make_client):
+    async with make_client("rateLimit: {requestsPerMinute: 1000, burst: 2, totalRequestsPerMinute: 1}") as c:
+        codes = [(await c.post("/query", json={"question": "How is tea brewed?", "user_id": f"user{i}"})).status_code
+                 for i in range(4)]
+        assert codes == [200, 200, 429, 429]
+
+
+async def test_index_not_loaded_is_503_with_the_reason(tmp_path):
+    from kuberag_api.app import create_app
+    from kuberag_api.live_config import LiveConfig
+    from kuberag_contract.config import parse_config
+    from litestar.testing import AsyncTestClient
+
+    from tests.fixtures.api_app import app_settings
+
+    live = LiveConfig(parse_config(f"corpus: {{path: {tmp_path / 'no-such-corpus'}}}"))
+    app = create_app(app_settings(tmp_path), live=live, serve_metrics=False)
+    async with AsyncTestClient(app) as c:
+        for _ in range(200):
+            r = await c.get("/readyz")
+            if "failed" in r.json()["checks"]["index"]["status"]:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status_code == 503
+        assert "no-such-corpus" in r.json()["reasons"][0]
+        q = await c.post("/query", json={"question": "anything?"})
+        assert q.status_code == 503 and q.headers["retry-after"] == "5"
+        assert "failed to load" in q.json()["detail"]
+        assert (await c.get("/healthz")).status_code == 200  # alive: readiness says why it is not ready
