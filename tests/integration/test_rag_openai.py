@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from kuberag_api.rag import (
     NOT_FOUND_ANSWER,
+    EmbeddingError,
     GenerationError,
     OpenAIChatGenerator,
     OpenAIEmbedder,
@@ -145,3 +146,14 @@ def test_embeddings_endpoint_behind_the_embedder_protocol(openai_server, tmp_pat
     engine.ingest("kube.txt", b"Kubernetes schedules pods onto nodes.")
     assert engine.retrieve("where are pods scheduled", top_k=1)[0].source == "kube.txt"
     engine.close()
+
+
+def test_an_unreachable_embeddings_endpoint_fails_on_use_with_the_reason():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    embedder = OpenAIEmbedder(f"http://127.0.0.1:{port}/v1", "tiny-embed", timeout=2.0)  # does not connect yet
+    with pytest.raises(EmbeddingError, match="embeddings endpoint failed"):
+        _ = embedder.dim

@@ -352,7 +352,15 @@ class OpenAIEmbedder:
         self._client = OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=2)
         self.model = model
         self.name = f"openai:{model}"
-        self.dim = dim if dim is not None else len(self._request(["dimension probe"])[0])
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        # Probed on first use, not in the constructor: building the embedder must not block a
+        # server's startup on the network (the index opens in a worker thread and reports errors).
+        if self._dim is None:
+            self._dim = len(self._request(["dimension probe"])[0])
+        return self._dim
 
     def _request(self, texts: list[str]) -> np.ndarray:
         try:
