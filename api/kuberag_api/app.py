@@ -59,9 +59,13 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
         errors = [_field_error(str(e.get("key") or "body"), str(e.get("message", "")))
                   for e in exc.extra if isinstance(e, dict)]
+        if errors and errors[0]["message"] == "'data'":  # Litestar's KeyError text for a missing body
+            errors = [{"field": "body", "message": "the request body is empty: send a JSON object with a question"}]
         if errors:
             detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
             extra["errors"] = errors
+    elif "multipart" in detail.lower():
+        detail = f"{detail}: upload the document as multipart/form-data with a field named 'file'"
     elif exc.status_code == 400 and request.content_type[0] == "application/json" and "json" not in detail.lower():
         detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -178,14 +179,15 @@ class AdminController(Controller):
           summary="Upload one document (txt, md, html or pdf) as multipart field 'file'")
     async def ingest(
         self,
-        data: MultipartBody[dict[str, UploadFile]],
+        data: MultipartBody[dict[str, Any]],
         document_service: NamedDependency[DocumentService],
     ) -> Response[IngestOut]:
         upload = data.get("file")
         if not isinstance(upload, UploadFile):
             raise ValidationException(
-                "multipart field 'file' is required: upload the document as file=@path",
-                extra=[{"key": "file", "message": "required multipart file field", "source": "body"}],
+                "multipart field 'file' is required and must be a file with a name: upload it as file=@path",
+                extra=[{"key": "file", "message": "required: a multipart file part named file, with a file name",
+                        "source": "body"}],
             )
         content = await upload.read()
         result = await document_service.ingest(upload.filename or "upload", content, upload.content_type or None)

@@ -295,3 +295,22 @@ async def test_index_not_loaded_is_503_with_the_reason(tmp_path):
         assert q.status_code == 503 and q.headers["retry-after"] == "5"
         assert "failed to load" in q.json()["detail"]
         assert (await c.get("/healthz")).status_code == 200  # alive: readiness says why it is not ready
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"content": b"", "headers": {"content-type": "application/json"}}, "empty"),
+        ({"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, "object"),
+    ],
+)
+async def test_body_that_is_not_an_object(client, kwargs, expected):
+    r = await client.post("/query", **kwargs)
+    assert r.status_code == 400 and expected in r.json()["detail"]
+
+
+async def test_upload_that_is_not_multipart_or_has_no_file_name(client):
+    r = await client.post("/documents", json={"file": "x"}, headers=ADMIN)
+    assert r.status_code == 400 and "multipart/form-data" in r.json()["detail"]
+    r = await client.post("/documents", files={"file": ("", b"hello", "text/plain")}, headers=ADMIN)
+    assert r.status_code == 400 and "file name" in r.json()["detail"]
