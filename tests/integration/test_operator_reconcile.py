@@ -138,8 +138,12 @@ def test_sample_gets_every_child_with_owner_refs_and_becomes_available(kube, ope
     assert status["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=docs-qa"
     assert status["configHash"] == cm.metadata.annotations[ANNOTATION_CONFIG_HASH]
     assert kube.condition("docs-qa", "Degraded")["status"] == "False"
-    events = kube.core.list_namespaced_event(kube.ns, field_selector=f"involvedObject.uid={uid}").items
-    assert any(e.reason == "Created" for e in events), [(e.reason, e.message) for e in events]
+
+    def created_event():
+        events = kube.core.list_namespaced_event(kube.ns, field_selector=f"involvedObject.uid={uid}").items
+        return [e for e in events if e.reason == "Created" and e.involved_object.kind == "RagService"]
+    (event,) = kube.wait(created_event, "a Created event on the RagService")
+    assert "Deployment/docs-qa" in event.message
 
 
 def _reconciled_service(kube: Kube, name: str, spec: dict | None = None) -> dict:
