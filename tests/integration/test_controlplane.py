@@ -227,3 +227,36 @@ def test_pinned_kubectl_talks_to_the_cluster(control_plane: ControlPlane) -> Non
     assert control_plane.kubectl("get", "nodes", "-o", "name").stdout.split() == [f"node/{control_plane.node_name}"]
     version = control_plane.kubectl("version", "-o", "json").stdout
     assert f'"gitVersion": "{control_plane.tools.kubernetes_version}"' in version
+
+
+def test_restarted_controller_manager_collects_children_of_new_crd_objects_promptly(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str
+) -> None:
+    control_plane.apply({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "owners.test.kuberag.dev"},
+        "spec": {
+            "group": "test.kuberag.dev", "scope": "Namespaced",
+            "names": {"plural": "owners", "singular": "owner", "kind": "Owner"},
+            "versions": [{"name": "v1", "served": True, "storage": True,
+                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    })
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    owner_doc = {"apiVersion": "test.kuberag.dev/v1", "kind": "Owner", "metadata": {"name": "o"}}
+    wait_for("the Owner CRD to serve", lambda: _create_ignoring_404(
+        lambda: custom.create_namespaced_custom_object("test.kuberag.dev", "v1", namespace, "owners", owner_doc)))
+    # Without the restart the garbage collector learns about the new type only 30-45 s later.
+    control_plane.restart_controller_manager()
+    owner = custom.get_namespaced_custom_object("test.kuberag.dev", "v1", namespace, "owners", "o")
+    core.create_namespaced_config_map(namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(
+        name="owned",
+        owner_references=[client.V1OwnerReference(
+            api_version="test.kuberag.dev/v1", kind="Owner", name="o", uid=owner["metadata"]["uid"])],
+    )))
+
+    custom.delete_namespaced_custom_object("test.kuberag.dev", "v1", namespace, "owners", "o")
+
+    wait_for("the ConfigMap owned by the deleted Owner to be collected", lambda: not [
+        c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name == "owned"], timeout=10)
+    control_plane.assert_running()
