@@ -151,19 +151,24 @@ EOF
   log "paths written to $TOOLS/paths.json"
 }
 
-only=${1:-all}
-case $only in
-  all)
-    build_kubernetes
-    go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
-    copy_prometheus_crds
-    build_helm
-    ;;
-  kubernetes) build_kubernetes ;;
-  kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
-  crds) copy_prometheus_crds ;;
-  helm) build_helm ;;
-  paths) ;;
-  *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|paths]" ;;
-esac
-write_paths
+main() {
+  only=${1:-all}
+  case $only in
+    all)
+      build_kubernetes
+      go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+      copy_prometheus_crds
+      build_helm
+      ;;
+    kubernetes) build_kubernetes ;;
+    kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
+    crds) copy_prometheus_crds ;;
+    helm) build_helm ;;
+    paths) ;;
+    *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|paths]" ;;
+  esac
+  write_paths
+}
+
+# One line, so a build running while this file is edited never reads a half-changed script.
+main "$@"; exit
