@@ -90,16 +90,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task("ingesting", total=len(files))
-        for path, source in files:
-            progress.update(task, description=f"ingesting {source[:40]}")
-            try:
-                r = engine.ingest(source, path.read_bytes(), None)
-                results.append((source, r.status, r.chunks, r.reason))
-            except DocumentError as exc:
-                results.append((source, "refused", 0, str(exc)))
-            except OSError as exc:
-                results.append((source, "refused", 0, f"cannot read: {exc.strerror or exc}"))
+
+        def readable():
+            for path, source in files:
+                progress.update(task, description=f"ingesting {source[:40]}")
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    results.append((source, "refused", 0, f"cannot read: {exc.strerror or exc}"))
+                    progress.advance(task)
+                    continue
+                yield source, data, None
+
+        def done(r) -> None:
+            results.append((r.source, r.status, r.chunks, r.reason))
             progress.advance(task)
+
+        # One batch: the index (BM25, snapshot) is published once, not after every file.
+        try:
+            engine.ingest_many(readable(), progress=done)
+        except DocumentError as exc:
+            _err(str(exc))
+            return EXIT_REFUSED
     engine.close()
     table = Table(title="ingestion summary")
     for col in ("source", "status", "chunks", "reason"):
