@@ -42,7 +42,7 @@ def test_two_operators_one_leader_and_failover(control_plane, tmp_path):
                     return None
 
             def logs():
-                return "\n".join(op.log_tail(30) for op in ops.values())
+                return "\n".join(op.log_tail(30) if i in killed else op.dump_stacks() for i, op in ops.items())
 
             leader = wait_for(holder, timeout=30, what="a leader Lease holder", diagnose=logs)
             follower = next(i for i in ops if i != leader)
@@ -69,7 +69,7 @@ def test_two_operators_one_leader_and_failover(control_plane, tmp_path):
             killed.add(leader)
             custom.create_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", ragservice("second", ns))
             # Takeover within the lease duration (6s) plus a few retry periods.
-            wait_for(reconciled("second"), timeout=30, what="the follower to take over and reconcile", diagnose=logs)
+            wait_for(reconciled("second"), timeout=60, what="the follower to take over and reconcile", diagnose=logs)
             assert holder() == follower
             assert ops[follower].metrics()["kuberag_operator_leader"] == 1.0
     finally:
