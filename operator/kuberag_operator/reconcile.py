@@ -131,8 +131,9 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
         raise _fail(cluster, rs, "InvalidSpec", str(exc), temporary=False, result="invalid_spec") from None
 
     extra_conditions: list[Condition] = []
+    servicemonitors_served = cluster.servicemonitor_crd_installed()
     if any(c["kind"] == "ServiceMonitor" for c in children):
-        if cluster.servicemonitor_crd_installed():
+        if servicemonitors_served:
             extra_conditions.append(Condition(MONITORING, True, "ServiceMonitorApplied",
                                               "ServiceMonitor for the metrics port applied"))
         else:
@@ -164,6 +165,8 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
                 metrics.DRIFT_CORRECTIONS.labels(child["kind"]).inc()
         wanted = {(c["apiVersion"], c["kind"]) for c in children}
         for api_version, kind in OPTIONAL_KINDS:
+            if kind == "ServiceMonitor" and not servicemonitors_served:
+                continue  # no such type: nothing to prune (and no discovery round trip for it)
             if (api_version, kind) not in wanted and cluster.delete_owned(api_version, kind, namespace, name, uid):
                 outcome.pruned.append(f"{kind}/{name}")
     except client.ApiException as exc:
