@@ -5,7 +5,6 @@ One operator process for the module; every test works in its own namespace.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 
@@ -281,8 +280,7 @@ def test_missing_secret_degrades_then_recovers(kube):
 
 def test_scale_subresource_with_kubectl(kube, control_plane):
     _reconciled_service(kube, "scaled", {"replicas": 1})
-    out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", kube.ns,
-                          "scale", "ragservice/scaled", "--replicas=3"], capture_output=True, text=True, timeout=30)
+    out = control_plane.kubectl("-n", kube.ns, "scale", "ragservice/scaled", "--replicas=3", check=False)
     assert out.returncode == 0, out.stderr
     kube.wait(lambda: kube.deployment("scaled").spec.replicas == 3, "the Deployment to scale to 3")
     kube.wait(lambda: kube.get("scaled")["status"].get("readyReplicas") == 3, "3 ready replicas in status", 120)
@@ -290,8 +288,7 @@ def test_scale_subresource_with_kubectl(kube, control_plane):
     assert scale["spec"]["replicas"] == 3 and scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "app.kubernetes.io/name=kuberag,app.kubernetes.io/instance=scaled"
     # kubectl get shows the printer columns.
-    out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", kube.ns, "get", "rag", "scaled"],
-                         capture_output=True, text=True, timeout=30)
+    out = control_plane.kubectl("-n", kube.ns, "get", "rag", "scaled")
     header = out.stdout.splitlines()[0].split()
     assert header == ["NAME", "REPLICAS", "READY", "ENDPOINT", "AVAILABLE", "AGE"], out.stdout
 
