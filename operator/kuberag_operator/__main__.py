@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _quiet_child_events(record: logging.LogRecord) -> bool:
+    """Drop kopf's per-event success line for owned children (one per Deployment status change)."""
+    return not (record.levelno <= logging.INFO and "'on_child_event' succeeded" in record.getMessage())
+
+
 def run_operator(args: argparse.Namespace) -> None:
     """Run kopf until it stops (in this thread, with its own event loop)."""
     assert handlers.reconcile_ragservice  # the handlers register on import
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         # The election logs every renewal at INFO; kopf every child event: keep what matters.
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+        logging.getLogger("kopf.objects").addFilter(_quiet_child_events)
     try:
         load_kube_config()
     except Exception as exc:  # config errors come in several types; the message is what matters
