@@ -333,8 +333,9 @@ def test_servicemonitor_needs_its_crd_and_follows_once_installed(kube, control_p
         except client.ApiException as exc:
             assert exc.status == 404, exc
             return None
-    sm = kube.wait(servicemonitor, "the ServiceMonitor")
-    assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["interval"] == "10s"
+    sm = kube.wait(lambda: (m := servicemonitor()) and m["spec"]["endpoints"][0]["interval"] == "10s" and m,
+                   "the ServiceMonitor with the edited interval")
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
     assert kube.wait(lambda: (kube.condition("watched", "MonitoringReady") or {}).get("status") == "True",
                      "MonitoringReady=True")
 
