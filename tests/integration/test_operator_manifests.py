@@ -27,6 +27,18 @@ def test_manifest_passes_a_server_side_dry_run(control_plane, path):
     assert "serverside-applied (server dry run)" in out.stdout, out.stdout
 
 
+def test_the_whole_install_applies_with_kustomize(control_plane):
+    install_crd(control_plane)
+    control_plane.kubectl("create", "namespace", "kuberag-system", check=False)
+    out = control_plane.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=manifest-test",
+                                "-k", str(MANIFESTS), check=False)
+    assert out.returncode == 0, out.stderr
+    for obj in ("customresourcedefinition.apiextensions.k8s.io/ragservices.kuberag.io",
+                "clusterrole.rbac.authorization.k8s.io/kuberag-operator", "deployment.apps/kuberag-operator",
+                "serviceaccount/kuberag-operator", "role.rbac.authorization.k8s.io/kuberag-operator-leader-election"):
+        assert obj in out.stdout, out.stdout
+
+
 def test_kustomizations_build():
     # `kubectl apply -k manifests/rbac` and `-k manifests/samples` must name every file they ship.
     for d in ("rbac", "samples"):
