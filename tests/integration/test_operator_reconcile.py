@@ -163,6 +163,12 @@ def test_spec_edit_rolls_the_deployment_and_advances_observed_generation(kube):
     kube.wait(lambda: kube.get("edit-me")["status"]["observedGeneration"] == before["metadata"]["generation"] + 1,
               "observedGeneration to advance")
 
+    def updated_event():
+        events = kube.core.list_namespaced_event(
+            kube.ns, field_selector=f"involvedObject.uid={before['metadata']['uid']}").items
+        return [e for e in events if e.reason == "Updated" and "Deployment/edit-me" in e.message]
+    kube.wait(updated_event, "an Updated event naming the changed Deployment")
+
 
 def test_limit_edit_changes_only_the_configmap(kube):
     before = _reconciled_service(kube, "limits")
