@@ -101,7 +101,13 @@ def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: b
 def reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     """Make the children and status of RagService ``namespace/name`` match its spec."""
     with metrics.RECONCILE_DURATION.time():
-        return _reconcile(cluster, namespace, name)
+        try:
+            return _reconcile(cluster, namespace, name)
+        except ReconcileFailed:
+            raise  # counted by _fail with its own result
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise
 
 
 def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
