@@ -58,6 +58,13 @@ lint: venv ## ruff and import-linter (the API and the operator never import each
 bench: venv system-deps ## Benchmarks: writes bench/results/*.json and a PNG plot
 	$(PY) -m bench
 
+IMAGE ?= ghcr.io/kuberag/kuberag:0.1.0
+
+.PHONY: image
+image: ## Build the kuberag image (API and operator; needs Docker)
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine" >&2; exit 1; }
+	docker build -t $(IMAGE) .
+
 .PHONY: e2e
 e2e: venv ## End-to-end on a kind cluster (needs Docker; not run in CI here)
 	@bash hack/pytest.sh $(PY) -m e2e tests/e2e $(PYTEST_ARGS)
