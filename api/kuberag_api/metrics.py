@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Metrics:
             self._route_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
-        if status >= 400 and status != 429:
+        # A probe's 503 (not ready yet) and a 429 are answers, not errors of the service.
+        if status >= 400 and status != 429 and route not in _PROBE_ROUTES:
             self.summary.errors += 1
             if status >= 500:
                 self.errors.labels("http_5xx").inc()

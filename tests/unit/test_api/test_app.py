@@ -295,6 +295,8 @@ async def test_index_not_loaded_is_503_with_the_reason(tmp_path):
         assert q.status_code == 503 and q.headers["retry-after"] == "5"
         assert "failed to load" in q.json()["detail"]
         assert (await c.get("/healthz")).status_code == 200  # alive: readiness says why it is not ready
+        # The probe's 503s are answers, not errors; the refused query is one.
+        assert (await c.get("/metrics")).json()["errors"] == 1
 
 
 @pytest.mark.parametrize(
