@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 import kopf
 from prometheus_client import start_http_server
@@ -54,14 +55,31 @@ def _quiet_child_events(record: logging.LogRecord) -> bool:
     return not (record.levelno <= logging.INFO and "'on_child_event' succeeded" in record.getMessage())
 
 
-def run_operator(args: argparse.Namespace) -> None:
-    """Run kopf until it stops (in this thread, with its own event loop)."""
+def run_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> None:
+    """Run kopf until it stops, or until ``stop`` is set (in this thread, with its own event loop)."""
     assert handlers.reconcile_ragservice  # the handlers register on import
-    asyncio.run(kopf.operator(
-        clusterwide=True,
-        standalone=True,  # no kopf peering: the Lease (or a single replica) is the exclusion
-        liveness_endpoint=f"http://{args.bind}:{args.health_port}/healthz",
-    ))
+
+    async def run() -> None:
+        # kopf accepts a threading.Event as stop_flag, but waits on it in the loop's default executor:
+        # a kopf that stops by itself would then hang in asyncio.run's executor shutdown. Relay it by a daemon thread.
+        stop_flag = asyncio.Event()
+        if stop is not None:
+            loop = asyncio.get_running_loop()
+
+            def relay() -> None:
+                stop.wait()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(stop_flag.set)
+
+            threading.Thread(target=relay, name="kopf-stop-relay", daemon=True).start()
+        await kopf.operator(
+            clusterwide=True,
+            standalone=True,  # no kopf peering: the Lease (or a single replica) is the exclusion
+            liveness_endpoint=f"http://{args.bind}:{args.health_port}/healthz",
+            stop_flag=stop_flag if stop is not None else None,
+        )
+
+    asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     standby = StandbyHealth(args.health_port, args.bind)
+    stop = threading.Event()  # set on SIGTERM/SIGINT: kopf stops, then the Lease is released
     logger.info("%s waits for the leader Lease %s/%s", args.identity, args.lease_namespace, args.lease_name)
 
     def lead() -> None:
@@ -93,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         standby.stop()
         metrics.LEADER.set(1)
         try:
-            run_operator(args)
+            run_operator(args, stop)
         finally:
-            # kopf stopped: never keep renewing a Lease for an operator that no longer runs.
-            logger.error("the operator stopped: exiting")
-            os._exit(1)
+            if not stop.is_set():
+                # kopf stopped by itself: never keep renewing a Lease for an operator that no longer runs.
+                logger.error("the operator stopped: exiting")
+                os._exit(1)
 
     run_with_leader_election(
-        lease_name=args.lease_name, lease_namespace=args.lease_namespace, identity=args.identity, lead=lead,
+        lease_name=args.lease_name, lease_namespace=args.lease_namespace, identity=args.identity, lead=lead, stop=stop,
         lease_duration=args.lease_duration, renew_deadline=args.renew_deadline, retry_period=args.retry_period,
     )
     return 1

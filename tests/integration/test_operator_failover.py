@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 import uuid
 
 import pytest
@@ -71,6 +73,76 @@ def test_two_operators_one_leader_and_failover(control_plane, tmp_path):
             # Takeover within the lease duration (6s) plus a few retry periods.
             wait_for(reconciled("second"), timeout=60, what="the follower to take over and reconcile", diagnose=logs)
             assert holder() == follower
+            assert ops[follower].metrics()["kuberag_operator_leader"] == 1.0
+    finally:
+        for op in ops.values():
+            op.stop()
+
+
+def test_sigterm_releases_the_lease_so_the_follower_takes_over_at_once(control_plane, tmp_path):
+    """A rolling update or drain: the leader gets SIGTERM, stops kopf and releases its Lease.
+
+    The lease duration is 30 s here: a follower that had to wait for expiry would need >= 30 s,
+    so a takeover in a few seconds shows the release (client-go's ReleaseOnCancel behaviour).
+    """
+    lease_duration = 30
+    install_crd(control_plane)
+    control_plane.create_namespace("kuberag-failover-term")
+    ns = control_plane.create_namespace(f"term-{uuid.uuid4().hex[:8]}")
+    args = ["--leader-elect", "--lease-namespace", "kuberag-failover-term", "--lease-name", "kuberag-operator-sigterm",
+            "--lease-duration", str(lease_duration), "--renew-deadline", "10", "--retry-period", "1"]
+    ops = {ident: OperatorProcess(control_plane.kubeconfig, tmp_path / f"{ident}.log", [*args, "--identity", ident])
+           for ident in ("term-a", "term-b")}
+    for op in ops.values():
+        op.start()
+    try:
+        with control_plane.api_client() as api:
+            coord = client.CoordinationV1Api(api)
+            custom = client.CustomObjectsApi(api)
+            apps = client.AppsV1Api(api)
+
+            def lease():
+                try:
+                    return coord.read_namespaced_lease("kuberag-operator-sigterm", "kuberag-failover-term").spec
+                except client.ApiException as exc:
+                    assert exc.status == 404
+                    return None
+
+            def logs():
+                return "\n".join(op.log_tail(40) for op in ops.values())
+
+            leader = wait_for(lambda: (spec := lease()) and spec.holder_identity, timeout=30,
+                              what="a leader Lease holder", diagnose=logs)
+            follower = next(i for i in ops if i != leader)
+            for op in ops.values():
+                op.wait_healthy()
+
+            def deployment(name):
+                def probe():
+                    try:
+                        return apps.read_namespaced_deployment(name, ns)
+                    except client.ApiException as exc:
+                        assert exc.status == 404
+                        return None
+                return probe
+
+            custom.create_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", ragservice("before", ns))
+            wait_for(deployment("before"), timeout=30, what="the leader to reconcile", diagnose=logs)
+
+            started = time.monotonic()
+            ops[leader].proc.send_signal(signal.SIGTERM)
+            assert ops[leader].proc.wait(timeout=15) == 0, ops[leader].log_tail()
+            exited = time.monotonic() - started
+            assert "released the Lease" in ops[leader].log_tail(20)
+            custom.create_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", ragservice("after", ns))
+            wait_for(deployment("after"), timeout=lease_duration * 2, what="the follower to take over and reconcile",
+                     interval=0.1, diagnose=logs)
+            handover = time.monotonic() - started
+            print(f"SIGTERM: leader exited after {exited:.1f}s, follower reconciled after {handover:.1f}s "
+                  f"(lease duration {lease_duration}s)")
+            assert handover < lease_duration / 3, f"takeover took {handover:.1f}s: the Lease was not released"
+            assert lease().holder_identity == follower
+            ops[follower].assert_alive()
             assert ops[follower].metrics()["kuberag_operator_leader"] == 1.0
     finally:
         for op in ops.values():
