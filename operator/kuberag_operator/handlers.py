@@ -1,11 +1,14 @@
 """kopf wiring: every trigger calls the one ``reconcile()``.
 
 - create / update (of spec) / resume of a RagService: reconcile, with backoff on errors;
-- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy, found by
-  the operator's managed-by label and mapped to its controller owner): reconcile the owner, so a
-  deleted or hand-edited child comes back within seconds and status follows the pods;
-- a slow timer per RagService as a safety net (ServiceMonitors are not watched: their CRD may
-  appear later, and kopf only watches resources present at start).
+- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy,
+  ServiceMonitor, found by the operator's managed-by label and mapped to its controller owner):
+  reconcile the owner, so a deleted or hand-edited child comes back within seconds and status
+  follows the pods. The ServiceMonitor CRD may be missing at start or come and go: kopf's CRD
+  scanning (``settings.scanning``) starts and stops that watch as the CRD appears and vanishes;
+- any event of the ServiceMonitor CRD itself: reconcile every managed RagService, so one with
+  monitoring enabled gets its ServiceMonitor (and condition) as soon as prometheus-operator is installed;
+- a slow timer per RagService as a safety net.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import kopf
 from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 from kuberag_operator import metrics
-from kuberag_operator.kube import Cluster, load_kube_config
+from kuberag_operator.kube import SERVICEMONITOR_CRD, Cluster, load_kube_config
 from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
 
 logger = logging.getLogger(__name__)
@@ -31,12 +34,15 @@ WATCHED_CHILDREN = (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    ("monitoring.coreos.com", "v1", "servicemonitors"),  # watched only while its CRD exists
 )
+CRD_GROUP, CRD_PLURAL = "apiextensions.k8s.io", "customresourcedefinitions"
 # What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
 KOPF_PERMISSIONS = frozenset(
     {(g, p, v) for g, _, p in WATCHED_CHILDREN for v in ("list", "watch")}
     | {(GROUP, PLURAL, v) for v in ("list", "watch", "patch")}  # patch: kopf's progress annotations
     | {("", "events", "create")}
+    | {(CRD_GROUP, CRD_PLURAL, v) for v in ("list", "watch")}  # kopf's CRD scanning and the handler below
 )
 
 _cluster: Cluster | None = None
@@ -61,8 +67,9 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
-    # Strict mode: no namespace/CRD scanning, so no cluster-wide list/watch of those (least privilege).
-    settings.scanning.disabled = True
+    # CRD scanning stays on: it starts the ServiceMonitor watch when that CRD appears after start.
+    # Namespaces are not scanned anyway (clusterwide), so no namespace list/watch is needed.
+    settings.scanning.disabled = False
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
 
@@ -135,6 +142,21 @@ def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: objec
 
 for _group, _version, _plural in WATCHED_CHILDREN:
     kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+
+
+def _is_servicemonitor_crd(name: str, **_: object) -> bool:
+    return name == SERVICEMONITOR_CRD
+
+
+@kopf.on.event(CRD_GROUP, "v1", CRD_PLURAL, when=_is_servicemonitor_crd)
+def on_servicemonitor_crd_event(type: str | None, **_: object) -> None:
+    # The initial listing (None) is covered by the resume handlers; later events mean the CRD
+    # appeared, changed (e.g. became Established) or vanished: reconcile so status and children follow.
+    if type is None:
+        return
+    cluster().forget_resource("monitoring.coreos.com/v1", "ServiceMonitor")
+    for namespace, name in sorted(_managed):
+        _reconcile_from_event(namespace, name, None)
 
 
 def _describe(outcome: Outcome) -> str:

@@ -123,13 +123,15 @@ class Cluster:
         return None
 
     def servicemonitor_crd_installed(self) -> bool:
+        """The ServiceMonitor CRD exists and is Established (before that its type is not served)."""
         try:
-            self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
+            crd = self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
         except client.ApiException as exc:
             if exc.status == 404:
                 return False
             raise
-        return True
+        conditions = (crd.status.conditions if crd.status else None) or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
 
     def forget_resource(self, api_version: str, kind: str) -> None:
         """Drop a cached resource lookup (a CRD that appeared or vanished)."""
