@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 from http import HTTPStatus
 from typing import Any
 
+from kuberag_contract.config import ConfigError
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -130,6 +131,12 @@ def create_app(
     the bench); without ``engine`` the index is opened in the background at start."""
     settings = settings or Settings.from_env()
     live = live or LiveConfig.from_file(settings.storage.config_path)
+    if live.config.providers.vector_store is not None:
+        # Refuse rather than ignore it: replicas that each index on their own would disagree.
+        raise ConfigError(
+            "providers.vectorStore is set, but this version of the API has no external vector store "
+            "adapter (Weaviate); remove it to use the embedded store (one replica when ingesting via the API)"
+        )
     metrics = Metrics()
     metrics.set_config_hash(live.hash)
     live.subscribe(lambda _o, _n: (metrics.config_reloads.inc(), metrics.set_config_hash(live.hash)))

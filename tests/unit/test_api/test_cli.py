@@ -39,3 +39,11 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path, capsys):
     assert main(["ingest", str(tmp_path / "missing"), "--data-dir", str(tmp_path / "i")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "no such file" in err and "Traceback" not in err
+
+
+def test_serve_refuses_an_external_vector_store_it_cannot_use(tmp_path: Path, capsys):
+    # Ignoring it would let replicas that each index on their own disagree silently.
+    config = tmp_path / "config.yaml"
+    config.write_text("providers: {vectorStore: {url: 'http://weaviate:8080'}}\n")
+    assert main(["serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--port", "0"]) == EXIT_USAGE
+    assert "providers.vectorStore" in capsys.readouterr().err
