@@ -5,9 +5,10 @@
   ServiceMonitor, found by the operator's managed-by label and mapped to its controller owner):
   reconcile the owner, so a deleted or hand-edited child comes back within seconds and status
   follows the pods. The ServiceMonitor CRD may be missing at start or come and go: kopf's CRD
-  scanning (``settings.scanning``) starts and stops that watch as the CRD appears and vanishes;
-- any event of the ServiceMonitor CRD itself: reconcile every managed RagService, so one with
-  monitoring enabled gets its ServiceMonitor (and condition) as soon as prometheus-operator is installed;
+  scanning (``settings.scanning``) stops that watch when the CRD vanishes;
+- events of the ServiceMonitor CRD itself: when the type becomes served, kopf is restarted (it then
+  watches ServiceMonitors from its start, and its resume handlers reconcile every RagService, so one
+  with monitoring enabled gets its ServiceMonitor); when it goes, every RagService is reconciled;
 - a slow timer per RagService as a safety net.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import kopf
 from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
@@ -148,13 +150,35 @@ def _is_servicemonitor_crd(name: str, **_: object) -> bool:
     return name == SERVICEMONITOR_CRD
 
 
+# Whether the ServiceMonitor type was served at the last CRD event (None: not seen yet).
+_servicemonitors_served: bool | None = None
+# Set when kopf must be restarted (by __main__.run_operator) to watch a type that appeared after its start.
+KOPF_RESTART = threading.Event()
+
+
 @kopf.on.event(CRD_GROUP, "v1", CRD_PLURAL, when=_is_servicemonitor_crd)
-def on_servicemonitor_crd_event(type: str | None, **_: object) -> None:
-    # The initial listing (None) is covered by the resume handlers; later events mean the CRD
-    # appeared, changed (e.g. became Established) or vanished: reconcile so status and children follow.
-    if type is None:
+def on_servicemonitor_crd_event(type: str | None, body: kopf.Body, **_: object) -> None:
+    global _servicemonitors_served
+    served = type != "DELETED" and any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or [])
+    previous, _servicemonitors_served = _servicemonitors_served, served
+    # The initial listing (None) is covered by the resume handlers; later, only a change of
+    # "served" matters (the CRD became Established or went away), not each of its status updates.
+    if type is None or served == bool(previous):
         return
     cluster().forget_resource("monitoring.coreos.com/v1", "ServiceMonitor")
+    if served:
+        # kopf's CRD scanning re-reads discovery on each CRD event, and Established can precede the
+        # type's appearance in discovery: kopf may then never start the ServiceMonitor watch. So wait
+        # (bounded) until discovery lists it and restart kopf, which resolves it at start; its resume
+        # handlers then reconcile every RagService. A rare event (prometheus-operator installed).
+        deadline = time.monotonic() + 10
+        while not cluster().discoverable("monitoring.coreos.com/v1", "ServiceMonitor") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        logger.info("the ServiceMonitor type is now served: restarting kopf to watch it")
+        KOPF_RESTART.set()
+        return
     for namespace, name in sorted(_managed):
         _reconcile_from_event(namespace, name, None)
 

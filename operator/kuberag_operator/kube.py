@@ -133,6 +133,14 @@ class Cluster:
         conditions = (crd.status.conditions if crd.status else None) or []
         return any(c.type == "Established" and c.status == "True" for c in conditions)
 
+    def discoverable(self, api_version: str, kind: str) -> bool:
+        """Whether API discovery lists the type (a miss re-reads discovery: not for every reconcile)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
     def forget_resource(self, api_version: str, kind: str) -> None:
         """Drop a cached resource lookup (a CRD that appeared or vanished)."""
         with self._lock:
