@@ -56,41 +56,30 @@ def _quiet_child_events(record: logging.LogRecord) -> bool:
 
 
 def run_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> None:
-    """Run kopf until it stops, or until ``stop`` is set (in this thread, with its own event loop).
-
-    kopf is restarted in place when a handler asks (``handlers.KOPF_RESTART``: a watched type appeared).
-    """
+    """Run kopf until it stops, or until ``stop`` is set (in this thread, with its own event loop)."""
     assert handlers.reconcile_ragservice  # the handlers register on import
 
     async def run() -> None:
         # kopf accepts a threading.Event as stop_flag, but waits on it in the loop's default executor:
         # a kopf that stops by itself would then hang in asyncio.run's executor shutdown. Relay it by a daemon thread.
         stop_flag = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        if stop is not None:
+            loop = asyncio.get_running_loop()
 
-        def relay() -> None:
-            while not handlers.KOPF_RESTART.wait(0.2):
-                if stop is not None and stop.is_set():
-                    break
-            try:
-                loop.call_soon_threadsafe(stop_flag.set)
-            except RuntimeError:
-                pass  # kopf already stopped by itself (its loop is closed)
+            def relay() -> None:
+                stop.wait()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(stop_flag.set)
 
-        threading.Thread(target=relay, name="kopf-stop-relay", daemon=True).start()
+            threading.Thread(target=relay, name="kopf-stop-relay", daemon=True).start()
         await kopf.operator(
             clusterwide=True,
             standalone=True,  # no kopf peering: the Lease (or a single replica) is the exclusion
             liveness_endpoint=f"http://{args.bind}:{args.health_port}/healthz",
-            stop_flag=stop_flag,
+            stop_flag=stop_flag if stop is not None else None,
         )
 
-    while True:
-        handlers.KOPF_RESTART.clear()
-        asyncio.run(run())
-        if not handlers.KOPF_RESTART.is_set() or (stop is not None and stop.is_set()):
-            return
-        logger.info("restarting kopf")
+    asyncio.run(run())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,28 +1,23 @@
 """kopf wiring: every trigger calls the one ``reconcile()``.
 
 - create / update (of spec) / resume of a RagService: reconcile, with backoff on errors;
-- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy,
-  ServiceMonitor, found by the operator's managed-by label and mapped to its controller owner):
-  reconcile the owner, so a deleted or hand-edited child comes back within seconds and status
-  follows the pods. The ServiceMonitor CRD may be missing at start or come and go: kopf's CRD
-  scanning (``settings.scanning``) stops that watch when the CRD vanishes;
-- events of the ServiceMonitor CRD itself: when the type becomes served, kopf is restarted (it then
-  watches ServiceMonitors from its start, and its resume handlers reconcile every RagService, so one
-  with monitoring enabled gets its ServiceMonitor); when it goes, every RagService is reconciled;
-- a slow timer per RagService as a safety net.
+- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy, found by
+  the operator's managed-by label and mapped to its controller owner): reconcile the owner, so a
+  deleted or hand-edited child comes back within seconds and status follows the pods;
+- a slow timer per RagService as a safety net (ServiceMonitors are not watched: their CRD may
+  appear later, and kopf only watches resources present at start).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import kopf
 from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 from kuberag_operator import metrics
-from kuberag_operator.kube import SERVICEMONITOR_CRD, Cluster, load_kube_config
+from kuberag_operator.kube import Cluster, load_kube_config
 from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
 
 logger = logging.getLogger(__name__)
@@ -36,15 +31,12 @@ WATCHED_CHILDREN = (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),  # watched only while its CRD exists
 )
-CRD_GROUP, CRD_PLURAL = "apiextensions.k8s.io", "customresourcedefinitions"
 # What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
 KOPF_PERMISSIONS = frozenset(
     {(g, p, v) for g, _, p in WATCHED_CHILDREN for v in ("list", "watch")}
     | {(GROUP, PLURAL, v) for v in ("list", "watch", "patch")}  # patch: kopf's progress annotations
     | {("", "events", "create")}
-    | {(CRD_GROUP, CRD_PLURAL, v) for v in ("list", "watch")}  # kopf's CRD scanning and the handler below
 )
 
 _cluster: Cluster | None = None
@@ -69,9 +61,8 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
-    # CRD scanning stays on: it starts the ServiceMonitor watch when that CRD appears after start.
-    # Namespaces are not scanned anyway (clusterwide), so no namespace list/watch is needed.
-    settings.scanning.disabled = False
+    # Strict mode: no namespace/CRD scanning, so no cluster-wide list/watch of those (least privilege).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
 
@@ -144,43 +135,6 @@ def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: objec
 
 for _group, _version, _plural in WATCHED_CHILDREN:
     kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
-
-
-def _is_servicemonitor_crd(name: str, **_: object) -> bool:
-    return name == SERVICEMONITOR_CRD
-
-
-# Whether the ServiceMonitor type was served at the last CRD event (None: not seen yet).
-_servicemonitors_served: bool | None = None
-# Set when kopf must be restarted (by __main__.run_operator) to watch a type that appeared after its start.
-KOPF_RESTART = threading.Event()
-
-
-@kopf.on.event(CRD_GROUP, "v1", CRD_PLURAL, when=_is_servicemonitor_crd)
-def on_servicemonitor_crd_event(type: str | None, body: kopf.Body, **_: object) -> None:
-    global _servicemonitors_served
-    served = type != "DELETED" and any(
-        c.get("type") == "Established" and c.get("status") == "True"
-        for c in (body.get("status") or {}).get("conditions") or [])
-    previous, _servicemonitors_served = _servicemonitors_served, served
-    # The initial listing (None) is covered by the resume handlers; later, only a change of
-    # "served" matters (the CRD became Established or went away), not each of its status updates.
-    if type is None or served == bool(previous):
-        return
-    cluster().forget_resource("monitoring.coreos.com/v1", "ServiceMonitor")
-    if served:
-        # kopf's CRD scanning re-reads discovery on each CRD event, and Established can precede the
-        # type's appearance in discovery: kopf may then never start the ServiceMonitor watch. So wait
-        # (bounded) until discovery lists it and restart kopf, which resolves it at start; its resume
-        # handlers then reconcile every RagService. A rare event (prometheus-operator installed).
-        deadline = time.monotonic() + 10
-        while not cluster().discoverable("monitoring.coreos.com/v1", "ServiceMonitor") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        logger.info("the ServiceMonitor type is now served: restarting kopf to watch it")
-        KOPF_RESTART.set()
-        return
-    for namespace, name in sorted(_managed):
-        _reconcile_from_event(namespace, name, None)
 
 
 def _describe(outcome: Outcome) -> str:

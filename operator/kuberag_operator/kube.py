@@ -123,22 +123,12 @@ class Cluster:
         return None
 
     def servicemonitor_crd_installed(self) -> bool:
-        """The ServiceMonitor CRD exists and is Established (before that its type is not served)."""
         try:
-            crd = self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
+            self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
         except client.ApiException as exc:
             if exc.status == 404:
                 return False
             raise
-        conditions = (crd.status.conditions if crd.status else None) or []
-        return any(c.type == "Established" and c.status == "True" for c in conditions)
-
-    def discoverable(self, api_version: str, kind: str) -> bool:
-        """Whether API discovery lists the type (a miss re-reads discovery: not for every reconcile)."""
-        try:
-            self._resource(api_version, kind)
-        except ResourceNotFoundError:
-            return False
         return True
 
     def forget_resource(self, api_version: str, kind: str) -> None:
