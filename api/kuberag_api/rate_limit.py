@@ -24,6 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kuberag_api.cache.redis_tier import close_quietly
 from kuberag_api.circuit_breaker import CircuitBreaker
 from kuberag_api.live_config import LiveConfig
 
@@ -153,10 +154,7 @@ class SharedRateLimiter:
         return True
 
     async def close(self) -> None:
-        try:
-            await self.client.aclose()
-        except Exception:  # closing a client of a dead server may raise; nothing to do then
-            pass
+        await close_quietly(self.client)
 
 
 class _Identity(msgspec.Struct):

@@ -34,6 +34,13 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
     )
 
 
+async def close_quietly(client: aioredis.Redis) -> None:
+    try:
+        await client.aclose()
+    except Exception:  # closing a client of a dead server may raise; nothing to do then
+        pass
+
+
 class RedisCache:
     def __init__(
         self,
@@ -144,7 +151,4 @@ class RedisCache:
         return ok
 
     async def close(self) -> None:
-        try:
-            await self.client.aclose()
-        except Exception:  # closing a client of a dead server may raise; nothing to do then
-            pass
+        await close_quietly(self.client)
