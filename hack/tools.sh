@@ -16,8 +16,8 @@ TOOLS=${KUBERAG_TOOLS_DIR:-$HOME/.cache/kuberag/tools}
 mkdir -p "$TOOLS"
 TOOLS=$(cd "$TOOLS" && pwd)
 export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
-# Module downloads also come from the proxy only (no VCS access here).
-export GOPROXY=${GOPROXY:-https://proxy.golang.org}
+# Go from the standard install location when it is not on PATH (a minimal CI environment).
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then export PATH=/usr/local/go/bin:$PATH; fi
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 die() { trap - EXIT; printf '[tools] error: %s\n' "$*" >&2; exit 1; }
