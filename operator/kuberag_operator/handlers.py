@@ -31,6 +31,9 @@ WATCHED_CHILDREN = (
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    # Watched when its CRD exists at operator start: with CRD scanning off, kopf resolves the
+    # resources it serves once (a CRD installed later is covered by the reconcile timer).
+    ("monitoring.coreos.com", "v1", "servicemonitors"),
 )
 # What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
 KOPF_PERMISSIONS = frozenset(
