@@ -88,7 +88,7 @@ def _backoff(retry: int) -> float:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, reason: str, **_: object) -> None:
+def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
     try:
         outcome = _run(namespace, name, wait=True)
     except ReconcileFailed as exc:
@@ -96,8 +96,7 @@ def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int,
         if exc.temporary:
             raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
         raise kopf.PermanentError(str(exc)) from None
-    if outcome is not None and outcome.ragservice is not None and (outcome.created or outcome.changed or outcome.pruned):
-        kopf.info(body, reason="Created" if reason == "create" else "Updated", message=_describe(outcome))
+    _post_outcome(outcome)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -124,8 +123,19 @@ def _reconcile_from_event(namespace: str, name: str, event_body: kopf.Body | Non
     except ReconcileFailed as exc:
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
         return
-    if outcome is not None and outcome.ragservice is not None and outcome.drift:
+    _post_outcome(outcome)
+
+
+def _post_outcome(outcome: Outcome | None) -> None:
+    """One Event per pass that changed something. Whichever trigger's pass applies a spec change
+    reports it (a child event's pass can run between the spec edit and kopf's update handler,
+    which then finds nothing left to do)."""
+    if outcome is None or outcome.ragservice is None:
+        return
+    if outcome.drift:
         kopf.info(outcome.ragservice, reason="DriftCorrected", message=_describe(outcome))
+    elif outcome.created or outcome.changed or outcome.pruned:
+        kopf.info(outcome.ragservice, reason="Created" if outcome.initial else "Updated", message=_describe(outcome))
 
 
 def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: object) -> None:

@@ -60,6 +60,7 @@ class Outcome:
     changed: list[str] = field(default_factory=list)  # ... changed by the apply
     pruned: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)  # created/changed while the spec had not changed
+    initial: bool = False  # the first pass that applied this RagService (no observedGeneration yet)
 
 
 def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
@@ -72,6 +73,7 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
         merged.changed += o.changed
         merged.pruned += o.pruned
         merged.drift += o.drift
+        merged.initial = merged.initial or o.initial
     return merged
 
 
@@ -152,7 +154,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
 
     # In steady state (spec already handled) anything the apply creates or changes was drift.
     steady = status.get("observedGeneration") == generation
-    outcome = Outcome(ragservice=rs)
+    outcome = Outcome(ragservice=rs, initial=status.get("observedGeneration") is None)
     applied: dict[str, dict] = {}
     uid = rs["metadata"]["uid"]
     try:
