@@ -70,15 +70,16 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.execution.max_workers = 8
 
 
-def _run(namespace: str, name: str, *, wait: bool) -> Outcome | None:
-    outcome = merge_outcomes(_serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait))
-    if outcome is not None:
-        if outcome.ragservice is None:
+def _run(namespace: str, name: str, *, wait: bool) -> list[Outcome]:
+    """The outcome of each pass this call ran (none when coalesced into a running pass)."""
+    passes = _serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait)
+    if passes:
+        if passes[-1].ragservice is None:
             _managed.discard((namespace, name))
         else:
             _managed.add((namespace, name))
         metrics.MANAGED_RAGSERVICES.set(len(_managed))
-    return outcome
+    return passes
 
 
 def _backoff(retry: int) -> float:
@@ -90,13 +91,13 @@ def _backoff(retry: int) -> float:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
     try:
-        outcome = _run(namespace, name, wait=True)
+        passes = _run(namespace, name, wait=True)
     except ReconcileFailed as exc:
         kopf.warn(body, reason="ReconcileFailed", message=str(exc))
         if exc.temporary:
             raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
         raise kopf.PermanentError(str(exc)) from None
-    _post_outcome(outcome)
+    _post_events(passes)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -119,23 +120,25 @@ def _controller_owner(body: kopf.Body) -> str | None:
 
 def _reconcile_from_event(namespace: str, name: str, event_body: kopf.Body | None) -> None:
     try:
-        outcome = _run(namespace, name, wait=False)
+        passes = _run(namespace, name, wait=False)
     except ReconcileFailed as exc:
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
         return
-    _post_outcome(outcome)
+    _post_events(passes)
 
 
-def _post_outcome(outcome: Outcome | None) -> None:
-    """One Event per pass that changed something. Whichever trigger's pass applies a spec change
-    reports it (a child event's pass can run between the spec edit and kopf's update handler,
-    which then finds nothing left to do)."""
-    if outcome is None or outcome.ragservice is None:
-        return
-    if outcome.drift:
-        kopf.info(outcome.ragservice, reason="DriftCorrected", message=_describe(outcome))
-    elif outcome.created or outcome.changed or outcome.pruned:
-        kopf.info(outcome.ragservice, reason="Created" if outcome.initial else "Updated", message=_describe(outcome))
+def _post_events(passes: list[Outcome]) -> None:
+    """Events for what the passes of one call changed: each pass that applied a new spec
+    generation reports it (Created or Updated: a child event's pass can apply a spec edit before
+    kopf's update handler runs, and a create handler's pass can be followed by a re-run that
+    applies an edit), and drift corrections are reported on their own."""
+    for outcome in passes:
+        if outcome.ragservice is not None and outcome.applied_spec:
+            kopf.info(outcome.ragservice, reason="Created" if outcome.initial else "Updated",
+                      message=_describe(outcome))
+    merged = merge_outcomes(passes)
+    if merged is not None and merged.ragservice is not None and merged.drift:
+        kopf.info(merged.ragservice, reason="DriftCorrected", message="corrected " + ", ".join(dict.fromkeys(merged.drift)))
 
 
 def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: object) -> None:
@@ -154,5 +157,5 @@ def _describe(outcome: Outcome) -> str:
     parts = []
     for label, items in (("created", outcome.created), ("changed", outcome.changed), ("pruned", outcome.pruned)):
         if items:
-            parts.append(f"{label} {', '.join(items)}")
+            parts.append(f"{label} {', '.join(dict.fromkeys(items))}")
     return "; ".join(parts) or "children up to date"

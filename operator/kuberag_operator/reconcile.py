@@ -61,6 +61,7 @@ class Outcome:
     pruned: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)  # created/changed while the spec had not changed
     initial: bool = False  # the first pass that applied this RagService (no observedGeneration yet)
+    applied_spec: bool = False  # a pass applied a new spec generation and that changed children
 
 
 def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
@@ -74,6 +75,7 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
         merged.pruned += o.pruned
         merged.drift += o.drift
         merged.initial = merged.initial or o.initial
+        merged.applied_spec = merged.applied_spec or o.applied_spec
     return merged
 
 
@@ -200,6 +202,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     }
     _write_status(cluster, rs, new_status)
     metrics.RECONCILES.labels("success").inc()
+    outcome.applied_spec = not steady and bool(outcome.created or outcome.changed or outcome.pruned)
     return outcome
 
 
