@@ -31,7 +31,6 @@ from kuberag_api.schemas import (
     CacheCleared,
     Deleted,
     DocumentList,
-    DocumentOut,
     Health,
     IngestOut,
     Liveness,
@@ -199,8 +198,7 @@ class AdminController(Controller):
     @get("/documents", operation_id="ListDocuments", summary="Documents in the index")
     async def list_documents(self, document_service: NamedDependency[DocumentService]) -> DocumentList:
         engine = document_service.slot.require()
-        docs = [DocumentOut(d.doc_id, d.source, d.content_type, d.chunks, d.bytes, d.sha256, d.added_at)
-                for d in engine.documents()]
+        docs = engine.documents()
         return DocumentList(documents=docs, count=len(docs), chunks=engine.chunk_count,
                             corpus_version=engine.corpus_version)
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from kuberag_api.cache.entry import CachedSource
+from kuberag_api.rag.types import DocumentInfo
 
 QUESTION_MAX_CHARS = 500
 
@@ -77,18 +78,8 @@ class CacheCleared(msgspec.Struct):
     """Entries removed per level; null for a level that could not be reached (it is skipped by the new epoch anyway)."""
 
 
-class DocumentOut(msgspec.Struct):
-    doc_id: str
-    source: str
-    content_type: str
-    chunks: int
-    bytes: int
-    sha256: str
-    added_at: str
-
-
 class DocumentList(msgspec.Struct):
-    documents: list[DocumentOut]
+    documents: list[DocumentInfo]
     count: int
     chunks: int
     corpus_version: str
