@@ -8,7 +8,6 @@ reference to the RagService. The pod shape is the pinned operator<->API contract
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -75,6 +74,7 @@ from kuberag_contract.config import (
 )
 
 from kuberag_operator.crd import defaulted_spec
+from kuberag_operator.names import child_name
 
 COMPONENT_API = "api"
 COMPONENT_METRICS = "metrics"
@@ -93,17 +93,6 @@ OPTIONAL_KINDS = (
 
 class SpecError(ValueError):
     """The spec passed the schema but cannot be turned into a valid config; the message names the field."""
-
-
-def child_name(owner: str, suffix: str | None = None) -> str:
-    """The child's name: the owner's name plus a suffix, kept a valid 63-character DNS label."""
-    if not suffix:
-        return owner
-    name = f"{owner}-{suffix}"
-    if len(name) <= 63:
-        return name
-    digest = hashlib.sha256(owner.encode()).hexdigest()[:6]
-    return f"{owner[: 63 - len(suffix) - len(digest) - 2].rstrip('-')}-{digest}-{suffix}"
 
 
 def selector_labels(name: str) -> dict[str, str]:

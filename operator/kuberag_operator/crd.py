@@ -17,11 +17,12 @@ import yaml
 from kuberag_contract import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from kuberag_contract.config import L1Cache, L2Cache, L3Cache, RateLimit, Retrieval
 
+from kuberag_operator.names import name_rules
+
 DEFAULT_IMAGE = "ghcr.io/kuberag/kuberag:0.1.0"
 DEFAULT_REDIS_IMAGE = "redis:7.4-alpine"
 DEFAULT_REDIS_MAXMEMORY = "64mb"
 DEFAULT_SECRET_KEY = "apiKey"
-MAX_NAME_LENGTH = 63
 
 _RATE = RateLimit()
 _L1, _L2, _L3 = L1Cache(), L2Cache(), L3Cache()
@@ -292,12 +293,7 @@ def custom_resource_definition() -> dict:
             "status": status_schema(),
         },
         description="A retrieval-augmented question-answering API run by the kuberag operator.",
-        rules=[
-            {"rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-             "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it names the Service)"},
-            {"rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-             "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter)"},
-        ],
+        rules=name_rules(),
     )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

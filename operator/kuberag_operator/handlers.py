@@ -93,7 +93,7 @@ def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int,
     try:
         passes = _run(namespace, name, wait=True)
     except ReconcileFailed as exc:
-        kopf.warn(body, reason="ReconcileFailed", message=str(exc))
+        kopf.warn(body, reason=exc.reason, message=str(exc))
         if exc.temporary:
             raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
         raise kopf.PermanentError(str(exc)) from None
@@ -123,6 +123,8 @@ def _reconcile_from_event(namespace: str, name: str, event_body: kopf.Body | Non
         passes = _run(namespace, name, wait=False)
     except ReconcileFailed as exc:
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
+        if exc.ragservice is not None:
+            kopf.warn(exc.ragservice, reason=exc.reason, message=str(exc))
         return
     _post_events(passes)
 

@@ -8,7 +8,7 @@ disable_created_metrics()  # the *_created series only add noise to every counte
 
 RECONCILES = Counter(
     "kuberag_operator_reconciles_total",
-    "RagService reconciles by result (success, secret_missing, invalid_spec, error).",
+    "RagService reconciles by result (success, secret_missing, invalid_spec, name_conflict, error).",
     ["result"],
 )
 RECONCILE_DURATION = Histogram(

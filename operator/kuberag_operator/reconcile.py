@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import urllib3
-from kuberag_contract import ANNOTATION_CONFIG_HASH
+from kuberag_contract import ANNOTATION_CONFIG_HASH, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 from kubernetes import client
 
 from kuberag_operator import metrics
@@ -48,9 +48,39 @@ T = TypeVar("T")
 class ReconcileFailed(Exception):
     """The RagService could not be reconciled; the message says why (already written to status)."""
 
-    def __init__(self, message: str, *, temporary: bool) -> None:
+    def __init__(self, message: str, *, temporary: bool, reason: str = "ReconcileFailed",
+                 ragservice: dict | None = None) -> None:
         super().__init__(message)
         self.temporary = temporary
+        self.reason = reason
+        self.ragservice = ragservice
+
+
+def ownership_problem(obj: dict, owner_name: str, owner_uid: str) -> str | None:
+    """Why ``obj`` (an existing object with a child's name) must not be applied over, or None.
+
+    Server-side apply with force would take any object: the owner reference list of another
+    RagService (same field manager) or another controller's fields. Only an object this
+    RagService controls, or one the operator made for a RagService of this name and that lost its
+    owner reference (deleted with ``--cascade=orphan``), is adopted.
+    """
+    meta = obj.get("metadata") or {}
+    what = f"{obj.get('kind')} {meta.get('name')}"
+    controllers = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
+    if any(r.get("uid") == owner_uid for r in controllers):
+        return None
+    if controllers:
+        ref = controllers[0]
+        if ref.get("kind") == KIND and ref.get("name") == owner_name:
+            return (f"{what} still belongs to a previous RagService {owner_name} (uid {ref.get('uid')}) "
+                    "that is being garbage-collected")
+        return f"{what} already exists and is controlled by {ref.get('kind')} {ref.get('name')}"
+    labels = meta.get("labels") or {}
+    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_INSTANCE) == owner_name:
+        return None  # ours, orphaned: adopt it
+    managers = sorted({m.get("manager", "?") for m in meta.get("managedFields") or []})
+    return (f"{what} already exists and was not created by the kuberag operator for this RagService"
+            + (f" (written by {', '.join(managers)})" if managers else ""))
 
 
 @dataclass
@@ -99,7 +129,7 @@ def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: b
     except client.ApiException as exc:  # the failure itself is what matters; status is best effort
         logger.warning("could not write Degraded status of %s: %s", rs["metadata"]["name"], exc.reason)
     metrics.RECONCILES.labels(result).inc()
-    return ReconcileFailed(message, temporary=temporary)
+    return ReconcileFailed(message, temporary=temporary, reason=reason, ragservice=rs)
 
 
 def reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
@@ -160,8 +190,15 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     applied: dict[str, dict] = {}
     uid = rs["metadata"]["uid"]
     try:
+        existing = {_ref(c): cluster.get(c["apiVersion"], c["kind"], namespace, c["metadata"]["name"]) for c in children}
+        conflicts = [p for obj in existing.values() if obj is not None
+                     and (p := ownership_problem(obj, name, rs["metadata"]["uid"]))]
+        if conflicts:
+            # Nothing is applied: the other owner's objects stay untouched and nothing flaps.
+            raise _fail(cluster, rs, "NameConflict", "; ".join(conflicts) + ": delete or rename it, or rename this "
+                        "RagService", temporary=True, result="name_conflict")
         for child in children:
-            before = cluster.get(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
+            before = existing[_ref(child)]
             after = cluster.apply(child)
             applied[child["kind"]] = after
             if before is None:

@@ -260,3 +260,35 @@ def test_restarted_controller_manager_collects_children_of_new_crd_objects_promp
     wait_for("the ConfigMap owned by the deleted Owner to be collected", lambda: not [
         c for c in core.list_namespaced_config_map(namespace).items if c.metadata.name == "owned"], timeout=10)
     control_plane.assert_running()
+
+
+def test_kwok_node_keeps_a_fresh_lease_and_stays_ready(control_plane: ControlPlane, api: client.ApiClient) -> None:
+    """The node lifecycle controller marks a node NotReady when its heartbeat goes stale: kwok
+    must renew the node's Lease (without it the node flapped NotReady every ~55 s)."""
+    coordination, core = client.CoordinationV1Api(api), client.CoreV1Api(api)
+
+    def renew_time() -> object:
+        try:
+            return coordination.read_namespaced_lease(control_plane.node_name, "kube-node-lease").spec.renew_time
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    first = wait_for("the kwok node's Lease in kube-node-lease", renew_time, timeout=30)
+    # kwok renews every quarter of the 40 s lease duration.
+    wait_for("the Lease to be renewed", lambda: (t := renew_time()) and t > first, timeout=30)
+    conditions = {c.type: c.status for c in core.read_node(control_plane.node_name).status.conditions}
+    assert conditions["Ready"] == "True"
+
+
+def test_services_get_cluster_ips_from_the_shared_range(api: client.ApiClient, namespace: str) -> None:
+    import ipaddress
+
+    from tests.fixtures.controlplane import SERVICE_CLUSTER_IP_RANGE
+
+    svc = client.CoreV1Api(api).create_namespaced_service(namespace, client.V1Service(
+        metadata=client.V1ObjectMeta(name="ranged"),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)], selector={"app": "x"})))
+    assert SERVICE_CLUSTER_IP_RANGE == "172.20.0.0/16"
+    assert ipaddress.ip_address(svc.spec.cluster_ip) in ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)

@@ -256,13 +256,6 @@ def test_bad_specs_are_refused_with_a_message_naming_the_field(kube, spec, messa
     assert message in err.value.body
 
 
-def test_names_longer_than_63_characters_are_refused(kube):
-    with pytest.raises(client.ApiException) as err:
-        kube.create(ragservice("a" * 64, kube.ns))
-    assert err.value.status == 422
-    assert "metadata.name must be at most 63 characters" in err.value.body
-
-
 def test_good_spec_with_ingestion_and_shared_store_is_accepted(kube):
     kube.create(ragservice("ingest", kube.ns, {"replicas": 3, "ingestion": {"enabled": True},
                                                "vectorStore": {"url": "http://weaviate:8080"}}))
@@ -357,3 +350,78 @@ def test_operator_metrics_and_health(operator, kube):
     assert samples["kuberag_operator_managed_ragservices"] >= 1
     assert samples["kuberag_operator_reconcile_duration_seconds_count"] >= 1
     assert operator.http_get(operator.health_port, "/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("order", [("docs", "docs-metrics"), ("docs-metrics", "docs")], ids=["owner-first", "owner-last"])
+def test_a_name_that_would_collide_with_another_ragservices_child_is_refused(kube, order):
+    """RagService docs owns Service docs-metrics: a RagService named docs-metrics would claim it."""
+    for name in order:
+        if name == "docs":
+            kube.create(ragservice(name, kube.ns))
+            continue
+        with pytest.raises(client.ApiException) as err:
+            kube.create(ragservice(name, kube.ns))
+        assert err.value.status == 422
+        assert "metadata.name must not end in -config, -metrics, -index" in err.value.body
+    for suffix in ("config", "index"):
+        with pytest.raises(client.ApiException):
+            kube.create(ragservice(f"docs-{suffix}", kube.ns))
+
+
+def test_names_longer_than_55_characters_are_refused(kube):
+    _reconciled_service(kube, "a" * 55)
+    assert kube.core.read_namespaced_service("a" * 55 + "-metrics", kube.ns)
+    with pytest.raises(client.ApiException) as err:
+        kube.create(ragservice("a" * 56, kube.ns))
+    assert err.value.status == 422
+    assert "metadata.name must be at most 55 characters" in err.value.body
+
+
+def _events(kube, uid, reason):
+    return [e for e in kube.core.list_namespaced_event(kube.ns, field_selector=f"involvedObject.uid={uid}").items
+            if e.reason == reason]
+
+
+def _foreign_owner(kube, name="legacy"):
+    """Another controller's object (a ConfigMap stands in for any owner kind)."""
+    return kube.core.create_namespaced_config_map(kube.ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name)))
+
+
+def test_an_object_of_another_controller_is_never_taken_over(kube):
+    owner = _foreign_owner(kube)
+    ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="legacy", uid=owner.metadata.uid,
+                                  controller=True)
+    theirs = kube.core.create_namespaced_service(kube.ns, client.V1Service(
+        metadata=client.V1ObjectMeta(name="web-metrics", owner_references=[ref], labels={"app": "legacy"}),
+        spec=client.V1ServiceSpec(selector={"app": "legacy"}, ports=[client.V1ServicePort(name="x", port=1234)])))
+    created = kube.create(ragservice("web", kube.ns))
+
+    def conflict():
+        c = kube.condition("web", "Degraded")
+        return c and c["status"] == "True" and c["reason"] == "NameConflict" and c
+    cond = kube.wait(conflict, "Degraded=True NameConflict")
+    assert "Service web-metrics already exists and is controlled by ConfigMap legacy" in cond["message"]
+    kube.wait(lambda: _events(kube, created["metadata"]["uid"], "NameConflict"), "a NameConflict event")
+    after = kube.core.read_namespaced_service("web-metrics", kube.ns)
+    assert after.metadata.resource_version == theirs.metadata.resource_version  # untouched
+    assert kube.deployment("web") is None  # nothing of a half-applied RagService either
+
+
+def test_a_child_taken_over_by_another_controller_is_not_fought_over(kube, operator):
+    _reconciled_service(kube, "taken")
+    owner = _foreign_owner(kube)
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "legacy", "uid": owner.metadata.uid, "controller": True}
+    # Another controller claims the Service (replacing the owner reference), as a second
+    # RagService's apply used to.
+    kube.core.patch_namespaced_service("taken", kube.ns, {"metadata": {"ownerReferences": [ref]}})
+
+    def conflict():
+        c = kube.condition("taken", "Degraded")
+        return c and c["status"] == "True" and c["reason"] == "NameConflict" and c
+    cond = kube.wait(conflict, "Degraded=True NameConflict")
+    assert "Service taken already exists and is controlled by ConfigMap legacy" in cond["message"]
+    rv = kube.core.read_namespaced_service("taken", kube.ns).metadata.resource_version
+    time.sleep(3)  # a fight would rewrite it many times a second
+    svc = kube.core.read_namespaced_service("taken", kube.ns)
+    assert svc.metadata.resource_version == rv
+    assert [r.kind for r in svc.metadata.owner_references] == ["ConfigMap"]

@@ -1,12 +1,14 @@
 """desired_children(): the pure function from a RagService to its children, and the pinned contract."""
 
 import copy
+import re
 
 import kuberag_contract as c
 import pytest
 from kuberag_contract.config import config_hash, parse_config, static_config_hash
 from kuberag_operator.children import SpecError, api_config, child_name, desired_children, per_pod_total
 from kuberag_operator.crd import defaulted_spec
+from kuberag_operator.names import CHILD_NAME_SUFFIXES, MAX_NAME_LENGTH
 
 pytestmark = pytest.mark.unit
 
@@ -189,8 +191,55 @@ def test_a_spec_the_contract_refuses_is_a_clear_error():
         api_config(defaulted_spec({"cache": {"l3": {"threshold": 1.5}}}), replicas=1)
 
 
-def test_child_names_stay_valid_dns_labels():
-    long = "a" * 63
-    assert len(child_name(long, "metrics")) <= 63 and child_name(long, "metrics").endswith("-metrics")
-    assert child_name(long, "metrics") != child_name("a" * 62, "metrics")
+def test_child_names_of_the_longest_allowed_name_stay_valid_dns_labels():
+    longest = "a" * MAX_NAME_LENGTH
+    for suffix in CHILD_NAME_SUFFIXES:
+        assert len(child_name(longest, suffix)) <= 63
     assert child_name("demo", "config") == "demo-config"
+    with pytest.raises(ValueError, match="not reserved"):
+        child_name("demo", "extra")
+
+
+def test_child_name_suffixes_are_single_words():
+    # The no-collision argument in names.py needs suffixes without '-' (the last word decides).
+    for suffix in CHILD_NAME_SUFFIXES:
+        assert re.fullmatch("[a-z0-9]+", suffix), suffix
+
+
+def test_children_only_use_reserved_suffixes():
+    rs = {"apiVersion": "kuberag.io/v1alpha1", "kind": "RagService",
+          "metadata": {"name": "demo", "namespace": "ns", "uid": "u"},
+          "spec": {"replicas": 2, "autoscaling": {"maxReplicas": 3}, "networkPolicy": {"enabled": True},
+                   "monitoring": {"serviceMonitor": {"enabled": True}}}}
+    for child in desired_children(rs):
+        name = child["metadata"]["name"]
+        assert name == "demo" or name.removeprefix("demo-") in CHILD_NAME_SUFFIXES, name
+
+
+def _existing(owner_refs=None, labels=None, managers=()):
+    return {"kind": "Service", "metadata": {"name": "web-metrics", "ownerReferences": owner_refs or [],
+                                            "labels": labels or {},
+                                            "managedFields": [{"manager": m} for m in managers]}}
+
+
+def test_ownership_problem_adopts_only_what_this_ragservice_controls_or_orphaned():
+    from kuberag_operator.reconcile import ownership_problem
+
+    mine = {"kind": "RagService", "name": "web", "uid": "u1", "controller": True}
+    assert ownership_problem(_existing([mine]), "web", "u1") is None
+    other = {"kind": "RagService", "name": "web-x", "uid": "u2", "controller": True}
+    assert ownership_problem(_existing([other]), "web", "u1") == \
+        "Service web-metrics already exists and is controlled by RagService web-x"
+    stale = {**mine, "uid": "old"}
+    assert "previous RagService web (uid old)" in ownership_problem(_existing([stale]), "web", "u1")
+    deployment = {"kind": "Deployment", "name": "legacy", "uid": "u3", "controller": True}
+    assert "controlled by Deployment legacy" in ownership_problem(_existing([deployment]), "web", "u1")
+    # A non-controller reference does not make it ours.
+    assert ownership_problem(_existing([{**mine, "controller": False}]), "web", "u1") is not None
+    # Orphaned (--cascade=orphan) but made by the operator for a RagService of this name: adopted.
+    ours = {"app.kubernetes.io/managed-by": "kuberag-operator", "app.kubernetes.io/instance": "web"}
+    assert ownership_problem(_existing(labels=ours), "web", "u1") is None
+    assert ownership_problem(_existing(labels={**ours, "app.kubernetes.io/instance": "x"}), "web", "u1") is not None
+    assert ownership_problem(_existing(managers=["kubectl-create"]), "web", "u1") == (
+        "Service web-metrics already exists and was not created by the kuberag operator for this RagService "
+        "(written by kubectl-create)")
