@@ -2,8 +2,9 @@
 
 - apply-to-children latency: create one RagService, time until its Deployment, Services and
   ConfigMap exist (repeated, p50/p95/max);
-- time to reconcile 100 RagServices created at once: until every one reports
-  ``status.observedGeneration == metadata.generation`` (all children applied, status written).
+- time to reconcile N RagServices created at once (100, then 1,000): until every one reports
+  ``status.observedGeneration == metadata.generation`` (all children applied, status written),
+  and the API requests the operator sent per RagService until it went quiet.
 
 Writes ``bench/results/operator.json`` and prints a summary.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -56,11 +58,21 @@ def apply_to_children(api: client.ApiClient, ns: str, runs: int) -> list[float]:
     return latencies
 
 
-def reconcile_many(api: client.ApiClient, ns: str, count: int) -> dict:
+def _api_requests(samples: dict[str, float]) -> dict[str, float]:
+    """kuberag_operator_api_requests_total by "METHOD resource"."""
+    out = {}
+    for key, value in samples.items():
+        if key.startswith("kuberag_operator_api_requests_total{"):
+            labels = dict(part.split("=", 1) for part in key[key.index("{") + 1:-1].split(","))
+            out[f"{labels['method'].strip(chr(34))} {labels['resource'].strip(chr(34))}"] = value
+    return out
+
+
+def reconcile_many(api: client.ApiClient, ns: str, count: int, replicas: int) -> dict:
     custom = client.CustomObjectsApi(api)
     start = time.perf_counter()
     for i in range(count):
-        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ragservice(f"many-{i}", ns, {"replicas": 2}))
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ragservice(f"many-{i}", ns, {"replicas": replicas}))
     created = time.perf_counter() - start
     deadline = start + 600
     while True:
@@ -72,14 +84,31 @@ def reconcile_many(api: client.ApiClient, ns: str, count: int) -> dict:
         if time.perf_counter() > deadline:
             raise RuntimeError(f"only {done}/{count} RagServices reconciled within 600s")
         time.sleep(0.1)
-    return {"count": count, "create_seconds": round(created, 3), "all_reconciled_seconds": round(time.perf_counter() - start, 3)}
+    return {"count": count, "replicas": replicas, "create_seconds": round(created, 3),
+            "all_reconciled_seconds": round(time.perf_counter() - start, 3)}
+
+
+def settle(op: OperatorProcess, quiet_seconds: float = 5.0, timeout: float = 300.0) -> dict[str, float]:
+    """Wait until the operator sends no request for ``quiet_seconds``; its request counts then."""
+    deadline = time.monotonic() + timeout
+    last, since = _api_requests(op.metrics()), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _api_requests(op.metrics())
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_seconds:
+            break
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.operator", description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=20, help="apply-to-children samples")
-    p.add_argument("--count", type=int, default=100, help="RagServices reconciled at once")
+    p.add_argument("--count", type=int, nargs="+", default=[100, 1000], help="RagServices created at once, one batch after another (each in its own namespace)")
+    p.add_argument("--replicas", type=int, default=2, help="spec.replicas of each RagService")
     args = p.parse_args(argv)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="kuberag-bench-operator-"))
     plane = ControlPlane(ToolPaths.load(), work)
     plane.start()
@@ -90,7 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         op.wait_healthy()
         with plane.api_client() as api:
             lat = apply_to_children(api, plane.create_namespace("bench-latency"), args.runs)
-            many = reconcile_many(api, plane.create_namespace("bench-many"), args.count)
+            many = []
+            for n, count in enumerate(args.count):
+                before = settle(op)
+                run = reconcile_many(api, plane.create_namespace(f"bench-many-{n}"), count, args.replicas)
+                run["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+                after = settle(op)
+                calls = {k: round((v - before.get(k, 0)) / count, 2) for k, v in after.items() if v != before.get(k, 0)}
+                # Every request until the operator went quiet (children's status events included).
+                run["api_requests_per_ragservice"] = dict(sorted(calls.items(), key=lambda kv: -kv[1]))
+                run["api_requests_per_ragservice_total"] = round(sum(calls.values()), 2)
+                many.append(run)
+                print(json.dumps(run), flush=True)
         samples = op.metrics()
     finally:
         if op is not None:
@@ -102,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "apply_to_children_seconds": {
             "runs": len(lat), "p50": round(statistics.median(lat), 4),
             "p95": round(lat_sorted[max(0, int(0.95 * len(lat)) - 1)], 4), "max": round(max(lat), 4)},
+        "load_average_before": load_before,
         "reconcile_many": many,
         "operator_reconciles": {k: v for k, v in samples.items() if k.startswith("kuberag_operator_reconciles_total")},
     }

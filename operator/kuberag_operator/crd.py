@@ -73,30 +73,65 @@ def _bool(default: bool, description: str | None = None) -> dict:
     return s
 
 
+# Every string that ends up in a child is checked here, so a bad spec is refused at admission
+# with the RagService's field in the message (never as an apply error about a Deployment's field).
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+NO_SPACE = r"^\S+$"
+# resource.Quantity's own grammar (as controller-gen writes it), without the sign: no negative resources.
+QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+
+
+def _name_ref(description: str) -> dict:
+    return _str(description, max_length=253, minLength=1, pattern=DNS_SUBDOMAIN)
+
+
 def _secret_key_ref(description: str) -> dict:
     return _obj(
         {
-            "name": _str("Name of the Secret (same namespace).", max_length=253),
-            "key": _str("Key inside the Secret.", default=DEFAULT_SECRET_KEY, max_length=253),
+            "name": _name_ref("Name of the Secret (same namespace)."),
+            "key": _str("Key inside the Secret.", default=DEFAULT_SECRET_KEY, max_length=253, minLength=1,
+                        pattern=SECRET_KEY),
         },
         description=description,
         required=["name"],
     )
 
 
-_QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+_QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
+             "minimum": 0, "pattern": QUANTITY}
 
 
-def _resources(description: str, default: dict) -> dict:
-    quantities = {"type": "object", "additionalProperties": _QUANTITY}
-    return _obj({"limits": quantities, "requests": quantities}, description=description, default=default)
+def _resources(field: str, description: str, default: dict) -> dict:
+    names = ", ".join(RESOURCE_NAMES)
+
+    def quantities(which: str) -> dict:
+        return {"type": "object", "additionalProperties": _QUANTITY, "maxProperties": 8,
+                "x-kubernetes-validations": [{
+                    "rule": "self.all(k, k in %s || k.startsWith('hugepages-') || k.contains('/'))"
+                            % list(RESOURCE_NAMES),
+                    "message": f"{field}.{which}: resource names are {names}, hugepages-<size> "
+                               "or a domain-prefixed extended resource"}]}
+
+    schema = _obj({"limits": quantities("limits"), "requests": quantities("requests")},
+                  description=description, default=default)
+    # What the API server would refuse at apply time, about the Deployment's field instead of ours.
+    schema["x-kubernetes-validations"] = [{
+        "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
+                "!isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || "
+                "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+        "message": f"{field}: each request must be less than or equal to its limit",
+    }]
+    return schema
 
 
 def _endpoint(what: str) -> dict:
     return _obj(
         {
-            "url": _str(f"Base URL of the {what}.", max_length=2048),
-            "model": _str("Model name.", max_length=253),
+            "url": _str(f"Base URL of the {what} (http:// or https://).", max_length=2048,
+                        pattern=r"^https?://[^\s/]+\S*$"),
+            "model": _str("Model name.", max_length=253, minLength=1),
             "apiKeySecretRef": _secret_key_ref(f"Secret holding the {what}'s API key."),
         },
         description=f"The {what}. Absent: the embedded offline default.",
@@ -125,7 +160,8 @@ def spec_schema() -> dict:
 def _spec_schema() -> dict:
     return _obj(
         {
-            "image": _str("Image of the API container (entrypoint `kuberag serve`).", default=DEFAULT_IMAGE, max_length=512),
+            "image": _str("Image of the API container (entrypoint `kuberag serve`).", default=DEFAULT_IMAGE, max_length=512,
+                          minLength=1, pattern=NO_SPACE),
             "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
             "replicas": _int(0, 100, 1, description="Pod count when autoscaling is not set (the scale subresource's field)."),
             "autoscaling": _obj(
@@ -158,7 +194,8 @@ def _spec_schema() -> dict:
                         "replica count (rounding up, at least 1) into each pod's config.")),
                     "redis": _obj(
                         {
-                            "url": _str("redis:// URL of the shared limiter Redis.", max_length=2048),
+                            "url": _str("redis:// (or rediss://) URL of the shared limiter Redis.", max_length=2048,
+                                        pattern=r"^rediss?://\S+$"),
                             "secretRef": _secret_key_ref("Secret holding the shared limiter Redis URL."),
                         },
                         description="The shared Redis for scope shared.",
@@ -194,10 +231,11 @@ def _spec_schema() -> dict:
                     ),
                     "redis": _obj(
                         {
-                            "image": _str("Image of the Redis sidecar.", default=DEFAULT_REDIS_IMAGE, max_length=512),
+                            "image": _str("Image of the Redis sidecar.", default=DEFAULT_REDIS_IMAGE, max_length=512,
+                                          minLength=1, pattern=NO_SPACE),
                             "maxMemory": _str("Redis maxmemory (e.g. 64mb, 1gb).", default=DEFAULT_REDIS_MAXMEMORY,
                                               max_length=16, pattern="^[0-9]+(b|kb|mb|gb|k|m|g)?$"),
-                            "resources": _resources("Resources of the Redis sidecar.",
+                            "resources": _resources("spec.cache.redis.resources", "Resources of the Redis sidecar.",
                                                     {"requests": {"cpu": "10m", "memory": "32Mi"},
                                                      "limits": {"memory": "128Mi"}}),
                         },
@@ -209,9 +247,13 @@ def _spec_schema() -> dict:
             ),
             "corpus": _obj(
                 {
-                    "configMap": _obj({"name": _str("ConfigMap holding the documents.")}, required=["name"]),
+                    "configMap": _obj({"name": _name_ref("ConfigMap holding the documents.")}, required=["name"]),
                     "volume": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                               "description": "A Kubernetes volume source (e.g. persistentVolumeClaim) holding the documents."},
+                               "description": "A Kubernetes volume source (e.g. persistentVolumeClaim) holding the documents.",
+                               "x-kubernetes-validations": [{
+                                   "rule": "size(self) == 1 && !has(self.name)",
+                                   "message": "spec.corpus.volume must be exactly one volume source without a name "
+                                              "(e.g. persistentVolumeClaim: {claimName: docs})"}]},
                 },
                 description="The read-only source every replica indexes at start.",
                 rules=[{"rule": "!(has(self.configMap) && has(self.volume))",
@@ -232,7 +274,7 @@ def _spec_schema() -> dict:
             "embeddings": _endpoint("OpenAI-compatible embeddings endpoint"),
             "vectorStore": _endpoint("shared vector store (Weaviate)"),
             "adminKeySecretRef": _secret_key_ref("Secret holding the admin API key (X-API-Key) of DELETE /cache and ingestion."),
-            "resources": _resources("Resources of the API container.",
+            "resources": _resources("spec.resources", "Resources of the API container.",
                                     {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}),
             "monitoring": _obj(
                 {"serviceMonitor": _obj(

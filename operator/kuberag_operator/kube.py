@@ -17,6 +17,8 @@ from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
+from kuberag_operator import metrics
+
 FIELD_MANAGER = "kuberag-operator"
 # (connect, read) seconds: a hung API server must not pin a worker thread forever.
 REQUEST_TIMEOUT = (5, 30)
@@ -45,11 +47,35 @@ def load_kube_config() -> None:
         config.load_kube_config()
 
 
+def request_resource(path: str) -> str:
+    """``deployments``, ``ragservices/status``...: the resource a request path names (for counting)."""
+    parts = [p for p in path.split("?")[0].strip("/").split("/") if p]
+    if "namespaces" in parts:
+        i = parts.index("namespaces") + 2
+        if i < len(parts):
+            return "/".join(parts[i:i + 3:2])  # resource, then a subresource after the name
+        return "namespaces"
+    base = 3 if parts[:1] == ["apis"] else 2
+    return "/".join(parts[base:base + 3:2]) or path
+
+
+class _CountingApiClient(client.ApiClient):
+    """Counts every request by method and resource: the reconcile's API cost, measured."""
+
+    def call_api(self, resource_path: str, method: str, path_params: dict | None = None, *args: Any,
+                 **kwargs: Any) -> Any:
+        path = resource_path
+        for key, value in (path_params or {}).items():
+            path = path.replace("{%s}" % key, str(value))
+        metrics.API_REQUESTS.labels(method, request_resource(path)).inc()
+        return super().call_api(resource_path, method, path_params, *args, **kwargs)
+
+
 class Cluster:
     """A thread-safe handle on the API server (kopf runs sync handlers in worker threads)."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api_client = api_client or client.ApiClient()
+        self.api_client = api_client or _CountingApiClient()
         # A private discovery cache: processes sharing /tmp must not read each other's.
         cache = os.path.join(tempfile.mkdtemp(prefix="kuberag-operator-"), "discovery.json")
         self.dynamic = DynamicClient(self.api_client, cache_file=cache)
@@ -112,6 +138,8 @@ class Cluster:
     # --- what the pods depend on ---------------------------------------------------------------
     def secret_key_problem(self, namespace: str, name: str, key: str) -> str | None:
         """None if Secret ``name`` has ``key``; else what is wrong."""
+        if not name:  # an empty name would LIST every Secret instead of reading one
+            return "the Secret name is empty"
         try:
             secret = self.core.read_namespaced_secret(name, namespace, **_T)
         except client.ApiException as exc:

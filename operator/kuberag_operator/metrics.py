@@ -23,3 +23,9 @@ DRIFT_CORRECTIONS = Counter(
     ["kind"],
 )
 LEADER = Gauge("kuberag_operator_leader", "1 while this replica holds the leader Lease and reconciles.")
+API_REQUESTS = Counter(
+    "kuberag_operator_api_requests_total",
+    "Kubernetes API requests sent by the reconcile loop (kopf's own watches and patches excluded), "
+    "by HTTP method and resource.",
+    ["method", "resource"],
+)

@@ -9,6 +9,7 @@ single re-run (the way a controller work queue deduplicates keys).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -109,6 +110,48 @@ def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
     return merged
 
 
+# Where a child's field comes from in the RagService: an apply error names the RagService's field.
+# (kind, child field prefix, RagService field); containers[0] is `api`, containers[1] the Redis sidecar.
+FIELD_ORIGINS = (
+    ("Deployment", "spec.template.spec.containers[0].image", "spec.image"),
+    ("Deployment", "spec.template.spec.containers[0].resources", "spec.resources"),
+    ("Deployment", "spec.template.spec.containers[0].env", "a Secret reference (spec.*SecretRef / spec.rateLimit.redis)"),
+    ("Deployment", "spec.template.spec.containers[1].image", "spec.cache.redis.image"),
+    ("Deployment", "spec.template.spec.containers[1].resources", "spec.cache.redis.resources"),
+    ("Deployment", "spec.template.spec.volumes[2]", "spec.corpus"),
+    ("Deployment", "spec.replicas", "spec.replicas"),
+    ("HorizontalPodAutoscaler", "spec", "spec.autoscaling"),
+    ("ServiceMonitor", "spec.endpoints", "spec.monitoring.serviceMonitor"),
+)
+
+
+def api_error_text(exc: client.ApiException) -> str:
+    """The API server's own message (its Status body), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body) if isinstance(exc.body, (str, bytes)) and exc.body else {}
+    except ValueError:
+        body = {}
+    return (body.get("message") if isinstance(body, dict) else None) or f"{exc.status} {exc.reason}"
+
+
+def apply_error_message(child: dict, exc: client.ApiException) -> str:
+    """An apply refusal in the RagService's terms: each cause names the spec field it came from."""
+    what = f"{child['kind']} {child['metadata']['name']}"
+    try:
+        causes = ((json.loads(exc.body) or {}).get("details") or {}).get("causes") or []
+    except (TypeError, ValueError):
+        causes = []
+    parts = []
+    for cause in causes:
+        field = cause.get("field") or ""
+        origin = next((f for kind, prefix, f in FIELD_ORIGINS if kind == child["kind"] and field.startswith(prefix)),
+                      None)
+        text = cause.get("message") or cause.get("reason") or "invalid"
+        parts.append(f"{origin}: {text} (the API server refused {what} field {field})" if origin
+                     else f"{what} field {field}: {text}")
+    return "; ".join(parts) if parts else f"{what} was refused: {api_error_text(exc)}"
+
+
 def _ref(obj: dict) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
@@ -155,7 +198,11 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     # Errors the schema cannot catch: a Secret the pods would fail to start without.
     problems = []
     for field_path, ref in secret_refs(spec):
-        problem = cluster.secret_key_problem(namespace, ref["name"], ref["key"])
+        try:
+            problem = cluster.secret_key_problem(namespace, ref["name"], ref["key"])
+        except client.ApiException as exc:  # e.g. 403: the operator's RBAC does not reach it
+            raise _fail(cluster, rs, "SecretUnreadable", f"{field_path}: reading Secret {namespace}/{ref['name']} "
+                        f"failed: {api_error_text(exc)}", temporary=True, result="error") from None
         if problem:
             problems.append(f"{field_path}: {problem}")
     if problems:
@@ -199,7 +246,13 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
                         "RagService", temporary=True, result="name_conflict")
         for child in children:
             before = existing[_ref(child)]
-            after = cluster.apply(child)
+            try:
+                after = cluster.apply(child)
+            except client.ApiException as exc:
+                if exc.status in (400, 422):  # the spec makes an invalid child: retrying cannot help
+                    raise _fail(cluster, rs, "InvalidSpec", apply_error_message(child, exc), temporary=False,
+                                result="invalid_spec") from None
+                raise
             applied[child["kind"]] = after
             if before is None:
                 outcome.created.append(_ref(child))
@@ -217,8 +270,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
             if (api_version, kind) not in wanted and cluster.delete_owned(api_version, kind, namespace, name, uid):
                 outcome.pruned.append(f"{kind}/{name}")
     except client.ApiException as exc:
-        detail = exc.body if isinstance(exc.body, str) and exc.body else exc.reason
-        raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {exc.status} {detail}",
+        raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {api_error_text(exc)}",
                     temporary=True, result="error") from None
     except urllib3.exceptions.HTTPError as exc:
         raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: API server unreachable ({exc})",

@@ -245,6 +245,27 @@ BAD_SPECS = [
      "spec.retrieval.chunkOverlap must be smaller than spec.retrieval.chunkSize"),
     ({"replicas": -1}, "spec.replicas"),
     ({"rateLimit": {"keySource": "cookie"}}, "spec.rateLimit.keySource"),
+    # Every field that ends up in a child is checked at admission, naming the RagService's field.
+    ({"image": ""}, "spec.image"),
+    ({"image": "ghcr.io/kuberag/kuberag: 1"}, "spec.image"),
+    ({"cache": {"redis": {"image": ""}}}, "spec.cache.redis.image"),
+    ({"resources": {"requests": {"cpu": "2 cores"}}}, "spec.resources.requests.cpu"),
+    ({"resources": {"limits": {"memory": -1}}}, "spec.resources.limits.memory"),
+    ({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}},
+     "spec.resources: each request must be less than or equal to its limit"),
+    ({"resources": {"requests": {"cpus": "1"}}}, "spec.resources.requests: resource names are cpu, memory"),
+    ({"cache": {"redis": {"resources": {"requests": {"memory": "lots"}}}}}, "spec.cache.redis.resources.requests.memory"),
+    ({"adminKeySecretRef": {"name": ""}}, "spec.adminKeySecretRef.name"),
+    ({"adminKeySecretRef": {"name": "Bad_Name"}}, "spec.adminKeySecretRef.name"),
+    ({"adminKeySecretRef": {"name": "ok", "key": ""}}, "spec.adminKeySecretRef.key"),
+    ({"llm": {"url": "not a url"}}, "spec.llm.url"),
+    ({"llm": {"url": "http://llm", "model": ""}}, "spec.llm.model"),
+    ({"embeddings": {"url": "http://e", "apiKeySecretRef": {"name": ""}}}, "spec.embeddings.apiKeySecretRef.name"),
+    ({"rateLimit": {"scope": "shared", "redis": {"url": "http://redis"}}}, "spec.rateLimit.redis.url"),
+    ({"rateLimit": {"scope": "shared", "redis": {"secretRef": {"name": ""}}}}, "spec.rateLimit.redis.secretRef.name"),
+    ({"corpus": {"configMap": {"name": ""}}}, "spec.corpus.configMap.name"),
+    ({"corpus": {"volume": {}}}, "spec.corpus.volume must be exactly one volume source"),
+    ({"corpus": {"volume": {"name": "x", "emptyDir": {}}}}, "spec.corpus.volume must be exactly one volume source"),
 ]
 
 
@@ -425,3 +446,16 @@ def test_a_child_taken_over_by_another_controller_is_not_fought_over(kube, opera
     svc = kube.core.read_namespaced_service("taken", kube.ns)
     assert svc.metadata.resource_version == rv
     assert [r.kind for r in svc.metadata.owner_references] == ["ConfigMap"]
+
+
+def test_an_apply_error_the_schema_cannot_catch_is_reported_in_ragservice_terms(kube):
+    """A volume source the CRD keeps opaque: the Deployment is refused; status names spec.corpus."""
+    kube.create(ragservice("badvol", kube.ns, {"corpus": {"volume": {"persistentVolumeClaim": {}}}}))
+
+    def invalid():
+        c = kube.condition("badvol", "Degraded")
+        return c and c["status"] == "True" and c
+    cond = kube.wait(invalid, "Degraded=True")
+    assert cond["reason"] == "InvalidSpec", cond
+    assert cond["message"].startswith("spec.corpus: "), cond
+    assert "spec.template.spec.volumes[2].persistentVolumeClaim.claimName" in cond["message"]
