@@ -109,8 +109,7 @@ def _resources(field: str, description: str, default: dict) -> dict:
     def quantities(which: str) -> dict:
         return {"type": "object", "additionalProperties": _QUANTITY, "maxProperties": 8,
                 "x-kubernetes-validations": [{
-                    "rule": "self.all(k, k in %s || k.startsWith('hugepages-') || k.contains('/'))"
-                            % list(RESOURCE_NAMES),
+                    "rule": f"self.all(k, k in {list(RESOURCE_NAMES)} || k.startsWith('hugepages-') || k.contains('/'))",
                     "message": f"{field}.{which}: resource names are {names}, hugepages-<size> "
                                "or a domain-prefixed extended resource"}]}
 

@@ -66,7 +66,7 @@ class _CountingApiClient(client.ApiClient):
                  **kwargs: Any) -> Any:
         path = resource_path
         for key, value in (path_params or {}).items():
-            path = path.replace("{%s}" % key, str(value))
+            path = path.replace(f"{{{key}}}", str(value))
         metrics.API_REQUESTS.labels(method, request_resource(path)).inc()
         return super().call_api(resource_path, method, path_params, *args, **kwargs)
 
