@@ -250,7 +250,7 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
     if corpus.get("configMap"):
         volumes.append({"name": VOLUME_CORPUS, "configMap": {"name": corpus["configMap"]["name"]}})
     elif corpus.get("volume"):
-        volumes.append({"name": VOLUME_CORPUS, **corpus["volume"]})
+        volumes.append({**corpus["volume"], "name": VOLUME_CORPUS})
     if corpus:
         api["volumeMounts"].append({"name": VOLUME_CORPUS, "mountPath": CORPUS_DIR, "readOnly": True})
     redis = spec["cache"]["redis"]

@@ -100,7 +100,7 @@ def _secret_key_ref(description: str) -> dict:
 
 
 _QUANTITY = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True,
-             "minimum": 0, "pattern": QUANTITY}
+             "minimum": 0, "maxLength": 32, "pattern": QUANTITY}
 
 
 def _resources(field: str, description: str, default: dict) -> dict:
@@ -117,7 +117,8 @@ def _resources(field: str, description: str, default: dict) -> dict:
                   description=description, default=default)
     # What the API server would refuse at apply time, about the Deployment's field instead of ours.
     schema["x-kubernetes-validations"] = [{
-        "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
+        "rule": "!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, "
+                "!(k in self.requests) || !(k in self.limits) || "
                 "!isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || "
                 "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
         "message": f"{field}: each request must be less than or equal to its limit",
@@ -249,10 +250,9 @@ def _spec_schema() -> dict:
                     "configMap": _obj({"name": _name_ref("ConfigMap holding the documents.")}, required=["name"]),
                     "volume": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
                                "description": "A Kubernetes volume source (e.g. persistentVolumeClaim) holding the documents.",
-                               "x-kubernetes-validations": [{
-                                   "rule": "size(self) == 1 && !has(self.name)",
-                                   "message": "spec.corpus.volume must be exactly one volume source without a name "
-                                              "(e.g. persistentVolumeClaim: {claimName: docs})"}]},
+                               # One source, e.g. {persistentVolumeClaim: {claimName: docs}}; the rest is
+                               # checked when the Deployment is applied (reported as spec.corpus).
+                               "minProperties": 1, "maxProperties": 1},
                 },
                 description="The read-only source every replica indexes at start.",
                 rules=[{"rule": "!(has(self.configMap) && has(self.volume))",

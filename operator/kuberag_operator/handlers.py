@@ -10,19 +10,24 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 
 import kopf
-from kuberag_contract import GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from kuberag_contract import GROUP, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 from kuberag_operator import metrics
+from kuberag_operator.children import selector_string
+from kuberag_operator.health import DependencyHealth, pods_health
 from kuberag_operator.kube import Cluster, load_kube_config
 from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
 
 logger = logging.getLogger(__name__)
 
 TIMER_INTERVAL_SECONDS = 300.0
+# How often each RagService's pods are asked for their dependency state (DependenciesReady).
+HEALTH_INTERVAL_SECONDS = 30.0
 # Owned kinds watched for drift: (group, version, plural).
 WATCHED_CHILDREN = (
     ("apps", "v1", "deployments"),
@@ -46,6 +51,7 @@ _cluster: Cluster | None = None
 _cluster_lock = threading.Lock()
 _serializer = KeyedSerializer()
 _managed: set[tuple[str, str]] = set()
+_health: dict[tuple[str, str], DependencyHealth] = {}  # the last read of each RagService's pods
 
 
 def cluster() -> Cluster:
@@ -70,9 +76,11 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     settings.execution.max_workers = 8
 
 
-def _run(namespace: str, name: str, *, wait: bool) -> list[Outcome]:
+def _run(namespace: str, name: str, *, wait: bool, full: bool) -> list[Outcome]:
     """The outcome of each pass this call ran (none when coalesced into a running pass)."""
-    passes = _serializer.run((namespace, name), lambda: reconcile(cluster(), namespace, name), wait=wait)
+    passes = _serializer.run(
+        (namespace, name),
+        lambda: reconcile(cluster(), namespace, name, full=full, health=_health.get((namespace, name))), wait=wait)
     if passes:
         if passes[-1].ragservice is None:
             _managed.discard((namespace, name))
@@ -91,7 +99,7 @@ def _backoff(retry: int) -> float:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
     try:
-        passes = _run(namespace, name, wait=True)
+        passes = _run(namespace, name, wait=True, full=True)
     except ReconcileFailed as exc:
         kopf.warn(body, reason=exc.reason, message=str(exc))
         if exc.temporary:
@@ -103,24 +111,43 @@ def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int,
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def forget_ragservice(namespace: str, name: str, **_: object) -> None:
     _managed.discard((namespace, name))
+    _health.pop((namespace, name), None)
     metrics.MANAGED_RAGSERVICES.set(len(_managed))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, initial_delay=TIMER_INTERVAL_SECONDS, idle=60)
 def resync_ragservice(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
-    _reconcile_from_event(namespace, name, body)
+    _reconcile_from_event(namespace, name)
 
 
-def _controller_owner(body: kopf.Body) -> str | None:
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return ref.get("name")
-    return None
-
-
-def _reconcile_from_event(namespace: str, name: str, event_body: kopf.Body | None) -> None:
+@kopf.timer(GROUP, VERSION, PLURAL, interval=HEALTH_INTERVAL_SECONDS, initial_delay=HEALTH_INTERVAL_SECONDS / 3)
+def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
+    """Read each pod's dependency state from its metrics port (see health.py), then refresh the
+    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas)."""
     try:
-        passes = _run(namespace, name, wait=False)
+        pods = cluster().list_pods(namespace, selector_string(name))
+    except Exception as exc:  # a failed read leaves the last one in place; the next timer tries again
+        logger.warning("listing the pods of %s/%s failed: %s", namespace, name, exc)
+        return
+    _health[(namespace, name)] = pods_health(pods, body.get("metadata", {}).get("generation"))
+    _reconcile_from_event(namespace, name)
+
+
+def _owner_name(body: dict) -> str | None:
+    """The RagService a managed child belongs to: its controller, else (taken over by another
+    controller) the instance label the operator gave it."""
+    meta = body.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+                return ref.get("name")
+            break
+    return (meta.get("labels") or {}).get(LABEL_INSTANCE)
+
+
+def _reconcile_from_event(namespace: str, name: str) -> None:
+    try:
+        passes = _run(namespace, name, wait=False, full=False)
     except ReconcileFailed as exc:
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
         if exc.ragservice is not None:
@@ -143,12 +170,18 @@ def _post_events(passes: list[Outcome]) -> None:
         kopf.info(merged.ragservice, reason="DriftCorrected", message="corrected " + ", ".join(dict.fromkeys(merged.drift)))
 
 
-def on_child_event(type: str | None, body: kopf.Body, namespace: str, **_: object) -> None:
-    owner = _controller_owner(body)
+def on_child_event(type: str | None, event: dict, namespace: str, **_: object) -> None:
+    raw = event.get("object") or {}
+    observed = cluster().observed
+    if type == "DELETED":
+        observed.forget(raw.get("kind", ""), namespace, raw.get("metadata", {}).get("name", ""))
+    else:
+        observed.put(copy.deepcopy(raw))
+    owner = _owner_name(raw)
     # type None is the initial listing: resume handlers already reconcile every RagService.
     if owner is None or type is None:
         return
-    _reconcile_from_event(namespace, owner, None)
+    _reconcile_from_event(namespace, owner)
 
 
 for _group, _version, _plural in WATCHED_CHILDREN:

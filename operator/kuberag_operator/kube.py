@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from typing import Any
 
 from kuberag_contract import GROUP, PLURAL, VERSION
@@ -35,6 +36,7 @@ API_PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
                                ("networking.k8s.io", "networkpolicies"), ("monitoring.coreos.com", "servicemonitors"))
        for v in _CHILD_VERBS}
     | {("", "secrets", "get")}  # existence of referenced Secrets only: never list/watch
+    | {("", "pods", "list")}  # the pods' IPs, to read their metrics port (dependency health)
     | {("apiextensions.k8s.io", "customresourcedefinitions", "get")}
 )
 
@@ -71,8 +73,49 @@ class _CountingApiClient(client.ApiClient):
         return super().call_api(resource_path, method, path_params, *args, **kwargs)
 
 
+def _newer(a: dict, b: dict) -> bool:
+    """Whether ``a`` is a later version of the object than ``b`` (resourceVersions are etcd revisions)."""
+    try:
+        return int(a["metadata"]["resourceVersion"]) >= int(b["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return True  # not comparable: the latest one seen wins
+
+
+class ObservedChildren:
+    """The operator's children as last seen, fed by the watch of managed children and by every
+    apply response: a reconcile reads them here instead of one GET per child (an informer cache,
+    which kopf does not keep). A miss means unknown, not absent: the caller then GETs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str, str], dict] = {}
+
+    @staticmethod
+    def _key(obj: dict) -> tuple[str, str, str]:
+        meta = obj.get("metadata") or {}
+        return obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        with self._lock:
+            return self._objects.get((kind, namespace, name))
+
+    def put(self, obj: dict) -> None:
+        key = self._key(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None or _newer(obj, old):
+                self._objects[key] = obj
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((kind, namespace, name), None)
+
+
 class Cluster:
     """A thread-safe handle on the API server (kopf runs sync handlers in worker threads)."""
+
+    # A missing ServiceMonitor CRD is looked up again at most this often (not on every reconcile).
+    CRD_CHECK_SECONDS = 30.0
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api_client = api_client or _CountingApiClient()
@@ -84,6 +127,8 @@ class Cluster:
         self.extensions = client.ApiextensionsV1Api(self.api_client)
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
+        self.observed = ObservedChildren()
+        self._crd_checked: tuple[float, bool] | None = None
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -111,17 +156,42 @@ class Cluster:
         except NotFoundError:
             return None
 
+    def current(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        """The child as last observed, else as the API server has it now (None: it does not exist)."""
+        seen = self.observed.get(kind, namespace, name)
+        if seen is not None:
+            return seen
+        live = self.get(api_version, kind, namespace, name)
+        if live is not None:
+            self.observed.put(live)
+        return live
+
     def apply(self, obj: dict) -> dict:
         """Server-side apply: idempotent (a no-op apply does not touch the object)."""
         res = self._resource(obj["apiVersion"], obj["kind"])
-        return self.dynamic.server_side_apply(
+        applied = self.dynamic.server_side_apply(
             res, body=obj, namespace=obj["metadata"]["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True, **_T
         ).to_dict()
+        self.observed.put(applied)
+        return applied
 
-    def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
-        """Delete the child if this RagService controls it; True when something was deleted."""
+    def replace_managed_fields(self, obj: dict, managed_fields: list[dict]) -> None:
+        """Rewrite ``obj``'s managedFields (only if it has not changed since it was read)."""
+        meta = obj["metadata"]
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                 {"op": "replace", "path": "/metadata/managedFields", "value": managed_fields}]
+        self._resource(obj["apiVersion"], obj["kind"]).patch(
+            name=meta["name"], namespace=meta["namespace"], body=patch, content_type="application/json-patch+json",
+            field_manager=FIELD_MANAGER, **_T)
+
+    def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str,
+                     *, observed_only: bool = False) -> bool:
+        """Delete the child if this RagService controls it; True when something was deleted.
+
+        ``observed_only``: decide from the observed children alone (no GET when it was never seen)."""
         try:
-            current = self.get(api_version, kind, namespace, name)
+            current = (self.observed.get(kind, namespace, name) if observed_only
+                       else self.current(api_version, kind, namespace, name))
         except ResourceNotFoundError:
             return False  # the kind is not served (e.g. no ServiceMonitor CRD): nothing to prune
         if current is None:
@@ -133,6 +203,8 @@ class Cluster:
             self._resource(api_version, kind).delete(name=name, namespace=namespace, **_T)
         except NotFoundError:
             return False
+        finally:
+            self.observed.forget(kind, namespace, name)
         return True
 
     # --- what the pods depend on ---------------------------------------------------------------
@@ -150,14 +222,27 @@ class Cluster:
             return f"Secret {namespace}/{name} has no key {key!r}"
         return None
 
-    def servicemonitor_crd_installed(self) -> bool:
+    def servicemonitor_crd_installed(self, *, fresh: bool = False) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            checked = self._crd_checked
+        if not fresh and checked is not None and now - checked[0] < self.CRD_CHECK_SECONDS:
+            return checked[1]
         try:
             self.extensions.read_custom_resource_definition(SERVICEMONITOR_CRD, **_T)
+            installed = True
         except client.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+            if exc.status != 404:
+                raise
+            installed = False
+        with self._lock:
+            self._crd_checked = (now, installed)
+        return installed
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        """The pods of a RagService (for reading their metrics port)."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector, **_T)
+        return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
 
     def forget_resource(self, api_version: str, kind: str) -> None:
         """Drop a cached resource lookup (a CRD that appeared or vanished)."""

@@ -32,14 +32,16 @@ from kuberag_operator.children import (
     uses_autoscaling,
 )
 from kuberag_operator.crd import defaulted_spec
-from kuberag_operator.kube import Cluster
+from kuberag_operator.drift import foreign_fields, matches, project, protected_view, take_foreign_fields
+from kuberag_operator.health import DependencyHealth
+from kuberag_operator.kube import FIELD_MANAGER, Cluster
 from kuberag_operator.status import (
     MONITORING,
     Condition,
-    deployment_conditions,
     failure_conditions,
     merge_conditions,
     now_rfc3339,
+    workload_conditions,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,11 +177,18 @@ def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: b
     return ReconcileFailed(message, temporary=temporary, reason=reason, ragservice=rs)
 
 
-def reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
-    """Make the children and status of RagService ``namespace/name`` match its spec."""
+def reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool = True,
+              health: DependencyHealth | None = None) -> Outcome:
+    """Make the children and status of RagService ``namespace/name`` match its spec.
+
+    ``full``: apply every child (create, spec update, resume: a new spec or a new operator version
+    may drop fields, which only an apply removes). Otherwise (a child's event, the timers) only the
+    children that differ from what is declared, or carry foreign protected fields, are applied.
+    ``health``: the pods' own dependency state, read from their metrics port, for the conditions.
+    """
     with metrics.RECONCILE_DURATION.time():
         try:
-            return _reconcile(cluster, namespace, name)
+            return _reconcile(cluster, namespace, name, full=full, health=health)
         except ReconcileFailed:
             raise  # counted by _fail with its own result
         except Exception:
@@ -187,7 +196,30 @@ def reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
             raise
 
 
-def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
+def _apply_child(cluster: Cluster, child: dict, live: dict | None, *, must_apply: bool) -> tuple[dict, bool]:
+    """Apply ``child`` if needed; (the object now, whether the apply changed what it manages)."""
+    foreign = live is not None and bool(foreign_fields(live, FIELD_MANAGER))
+    if not (must_apply or live is None or foreign or not matches(child, live)):
+        return live, False
+    after = cluster.apply(child)
+    taken = take_foreign_fields(after, FIELD_MANAGER)
+    if taken is not None:
+        # Foreign fields in what must be exactly the spec: make them ours, then the apply that
+        # does not declare them deletes them (server-side apply removes what its manager dropped).
+        try:
+            cluster.replace_managed_fields(after, taken)
+        except client.ApiException as exc:
+            if exc.status not in (409, 422):  # changed meanwhile: its watch event brings another pass
+                raise
+        else:
+            after = cluster.apply(child)
+    changed = (live is None or project(child, live) != project(child, after)
+               or protected_view(live) != protected_view(after))
+    return after, changed
+
+
+def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
+               health: DependencyHealth | None) -> Outcome:
     rs = cluster.get_ragservice(namespace, name)
     if rs is None or rs["metadata"].get("deletionTimestamp"):
         return Outcome(ragservice=None)
@@ -210,7 +242,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
 
     current_replicas = None
     if uses_autoscaling(spec):
-        deployment = cluster.get("apps/v1", "Deployment", namespace, name)
+        deployment = cluster.current("apps/v1", "Deployment", namespace, name)
         current_replicas = ((deployment or {}).get("spec") or {}).get("replicas")
     try:
         children = desired_children(rs, current_replicas=current_replicas)
@@ -237,7 +269,8 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     applied: dict[str, dict] = {}
     uid = rs["metadata"]["uid"]
     try:
-        existing = {_ref(c): cluster.get(c["apiVersion"], c["kind"], namespace, c["metadata"]["name"]) for c in children}
+        existing = {_ref(c): cluster.current(c["apiVersion"], c["kind"], namespace, c["metadata"]["name"])
+                    for c in children}
         conflicts = [p for obj in existing.values() if obj is not None
                      and (p := ownership_problem(obj, name, rs["metadata"]["uid"]))]
         if conflicts:
@@ -247,19 +280,23 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
         for child in children:
             before = existing[_ref(child)]
             try:
-                after = cluster.apply(child)
+                after, changed = _apply_child(cluster, child, before, must_apply=full or not steady)
             except client.ApiException as exc:
+                # The observed copy may be stale: another owner may have claimed it meanwhile.
+                fresh = cluster.get(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
+                if fresh is not None:
+                    cluster.observed.put(fresh)
+                    if problem := ownership_problem(fresh, name, uid):
+                        raise _fail(cluster, rs, "NameConflict", f"{problem}: delete or rename it, or rename "
+                                    "this RagService", temporary=True, result="name_conflict") from None
                 if exc.status in (400, 422):  # the spec makes an invalid child: retrying cannot help
                     raise _fail(cluster, rs, "InvalidSpec", apply_error_message(child, exc), temporary=False,
                                 result="invalid_spec") from None
                 raise
             applied[child["kind"]] = after
-            if before is None:
-                outcome.created.append(_ref(child))
-            elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
-                outcome.changed.append(_ref(child))
-            else:
+            if not changed:
                 continue
+            (outcome.created if before is None else outcome.changed).append(_ref(child))
             if steady:
                 outcome.drift.append(_ref(child))
                 metrics.DRIFT_CORRECTIONS.labels(child["kind"]).inc()
@@ -267,7 +304,10 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
         for api_version, kind in OPTIONAL_KINDS:
             if kind == "ServiceMonitor" and not servicemonitors_served:
                 continue  # no such type: nothing to prune (and no discovery round trip for it)
-            if (api_version, kind) not in wanted and cluster.delete_owned(api_version, kind, namespace, name, uid):
+            if outcome.initial:
+                continue  # nothing can be controlled by a RagService before its first pass
+            if (api_version, kind) not in wanted and cluster.delete_owned(
+                    api_version, kind, namespace, name, uid, observed_only=not full):
                 outcome.pruned.append(f"{kind}/{name}")
     except client.ApiException as exc:
         raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {api_error_text(exc)}",
@@ -279,7 +319,9 @@ def _reconcile(cluster: Cluster, namespace: str, name: str) -> Outcome:
     deployment = applied["Deployment"]
     dep_status = deployment.get("status") or {}
     replicas = desired_replicas(spec, current_replicas)
-    conditions = deployment_conditions(deployment, replicas, generation_applied=True) + extra_conditions
+    if health is not None and health.observed_generation != generation:
+        health = None  # read for another spec: the next read tells
+    conditions = workload_conditions(deployment, replicas, status.get("conditions"), health) + extra_conditions
     new_status = {
         "observedGeneration": generation,
         "replicas": dep_status.get("replicas") or 0,

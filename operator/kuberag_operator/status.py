@@ -7,7 +7,10 @@ steady service writes nothing (and a status-equality check skips the patch).
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
+
+from kuberag_operator.health import DependencyHealth
 
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
@@ -52,34 +55,120 @@ def merge_conditions(old: list[dict] | None, new: list[Condition], now: str, gen
     return merged
 
 
-def deployment_conditions(deployment: dict | None, desired_replicas: int, generation_applied: bool) -> list[Condition]:
-    """Available/Progressing/Degraded from the Deployment the operator applied."""
-    st = (deployment or {}).get("status") or {}
+# A RagService that had ready pods and has none for this long is Degraded (short gaps, e.g. a
+# pod replaced by the ReplicaSet, are not).
+NO_READY_GRACE_SECONDS = 60.0
+DEPENDENCIES = "DependenciesReady"
+DEPENDENCY_NAMES = {"redis": "Redis sidecar", "index": "index", "limiter_redis": "shared limiter Redis"}
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def dependency_condition(health: DependencyHealth | None) -> Condition:
+    """DependenciesReady from what each pod's metrics port says (see health.py)."""
+    if health is None:
+        return Condition(DEPENDENCIES, None, "NotChecked", "the pods' metrics have not been read yet")
+    if not health.pods:
+        return Condition(DEPENDENCIES, None, "NoRunningPods", "no running pod to read")
+    problems: dict[str, list[str]] = {}
+    for pod in health.pods:
+        if pod.error:
+            problems.setdefault("MetricsUnreachable", []).append(
+                f"pod {pod.pod}: metrics at {pod.address} unreadable ({pod.error})")
+            continue
+        for dep, up in sorted(pod.dependencies.items()):
+            if not up:
+                reason = {"redis": "RedisDown", "index": "IndexNotReady", "limiter_redis": "LimiterRedisDown"}.get(
+                    dep, "DependencyDown")
+                problems.setdefault(reason, []).append(
+                    f'pod {pod.pod}: {DEPENDENCY_NAMES.get(dep, dep)} down (kuberag_dependency_up{{dependency="{dep}"}} 0)')
+        if pod.limiter_degraded:
+            problems.setdefault("RateLimiterDegraded", []).append(
+                f"pod {pod.pod}: shared rate limiter unavailable, limiting per replica (kuberag_rate_limiter_degraded 1)")
+    if not problems:
+        deps = sorted({d for p in health.pods for d in p.dependencies})
+        return Condition(DEPENDENCIES, True, "AllUp", f"{len(health.pods)} pod(s): {', '.join(deps)} up")
+    order = ("RedisDown", "LimiterRedisDown", "RateLimiterDegraded", "DependencyDown", "IndexNotReady",
+             "MetricsUnreachable")
+    reason = min(problems, key=lambda r: order.index(r) if r in order else len(order))
+    message = "; ".join(m for r in order if r in problems for m in problems[r])
+    if reason == "MetricsUnreachable":
+        return Condition(DEPENDENCIES, None, reason, message)  # unknown, not known bad
+    return Condition(DEPENDENCIES, False, reason, message)
+
+
+def workload_conditions(deployment: dict | None, desired_replicas: int, previous: list[dict] | None,
+                        health: DependencyHealth | None, now: float | None = None) -> list[Condition]:
+    """Available, Progressing, Degraded and DependenciesReady, with their standard meanings:
+
+    - Progressing=True only while a rollout progresses (the Deployment has not yet made every
+      replica run the current template); a pod that is not ready after a complete rollout is not
+      a rollout;
+    - Degraded=True when the rollout exceeded its deadline, when no pod has been ready for
+      NO_READY_GRACE_SECONDS after the service had been available (never while its first pods
+      start and build their index), or when a pod reports a dependency down.
+    """
+    now = time.time() if now is None else now
+    dep = deployment or {}
+    st = dep.get("status") or {}
     ready = st.get("readyReplicas") or 0
     updated = st.get("updatedReplicas") or 0
     total = st.get("replicas") or 0
-    dep_gen_seen = st.get("observedGeneration", 0) >= ((deployment or {}).get("metadata") or {}).get("generation", 0)
-    available = ready >= 1 if desired_replicas > 0 else True
+    dep_progressing = next((c for c in st.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    deadline_exceeded = dep_progressing.get("reason") == "ProgressDeadlineExceeded"
+    generation_seen = st.get("observedGeneration", 0) >= (dep.get("metadata") or {}).get("generation", 0)
+    previous_by_type = {c.get("type"): c for c in previous or []}
+    before = previous_by_type.get(AVAILABLE) or {}
+    was_available = before.get("status") == "True" or before.get("reason") == "NoReadyReplicas"
+    dependencies = dependency_condition(health)
+
     if desired_replicas == 0:
         avail = Condition(AVAILABLE, True, "ScaledToZero", "spec.replicas is 0: no pods are wanted")
-    elif available:
+    elif ready >= 1:
         avail = Condition(AVAILABLE, True, "MinimumReplicasReady", f"{ready}/{desired_replicas} replicas ready")
-    else:
+    elif was_available:
         avail = Condition(AVAILABLE, False, "NoReadyReplicas", f"0/{desired_replicas} replicas ready")
-    rolled = dep_gen_seen and updated >= desired_replicas and total == updated and ready >= desired_replicas
-    if generation_applied and rolled:
+    elif dependencies.reason == "IndexNotReady":
+        avail = Condition(AVAILABLE, False, "IndexBuilding", "the first pods are building their index")
+    else:
+        avail = Condition(AVAILABLE, False, "Starting", f"0/{desired_replicas} replicas ready: the first pods "
+                                                         "are starting (and building their index)")
+
+    complete = (generation_seen and updated >= desired_replicas and total == updated
+                and (desired_replicas == 0 or dep_progressing.get("reason") == "NewReplicaSetAvailable"))
+    if deadline_exceeded:
+        prog = Condition(PROGRESSING, False, "ProgressDeadlineExceeded", dep_progressing.get("message", ""))
+    elif complete:
         prog = Condition(PROGRESSING, False, "RolloutComplete", "all replicas run the current spec")
     else:
-        prog = Condition(PROGRESSING, True, "RollingOut",
-                         f"{updated}/{desired_replicas} replicas updated, {ready} ready")
-    return [avail, prog, Condition(DEGRADED, False, "Reconciled", "all children applied")]
+        prog = Condition(PROGRESSING, True, "RollingOut", f"{updated}/{desired_replicas} replicas updated, {ready} ready")
+
+    unready_since = _parse_time(before.get("lastTransitionTime")) if before.get("status") == "False" else None
+    if deadline_exceeded:
+        degraded = Condition(DEGRADED, True, "ProgressDeadlineExceeded",
+                             f"the rollout made no progress: {dep_progressing.get('message', '')}")
+    elif avail.reason == "NoReadyReplicas" and unready_since is not None and now - unready_since >= NO_READY_GRACE_SECONDS:
+        degraded = Condition(DEGRADED, True, "NoReadyReplicas",
+                             f"no pod has been ready for {int(now - unready_since)} s (0/{desired_replicas})")
+    elif dependencies.status is False and dependencies.reason != "IndexNotReady":
+        degraded = Condition(DEGRADED, True, "DependencyDown", dependencies.message)
+    else:
+        degraded = Condition(DEGRADED, False, "Reconciled", "all children applied")
+    return [avail, prog, degraded, dependencies]
 
 
 def failure_conditions(old: list[dict] | None, reason: str, message: str) -> list[Condition]:
     """Degraded=True with the reason; Available/Progressing keep what they were (unknown if never set)."""
     keep = []
     previous = {c.get("type"): c for c in old or []}
-    for ctype in (AVAILABLE, PROGRESSING):
+    for ctype in (AVAILABLE, PROGRESSING, DEPENDENCIES):
         before = previous.get(ctype)
         if before is None:
             keep.append(Condition(ctype, None, "Unknown", "not reconciled yet"))

@@ -264,8 +264,8 @@ BAD_SPECS = [
     ({"rateLimit": {"scope": "shared", "redis": {"url": "http://redis"}}}, "spec.rateLimit.redis.url"),
     ({"rateLimit": {"scope": "shared", "redis": {"secretRef": {"name": ""}}}}, "spec.rateLimit.redis.secretRef.name"),
     ({"corpus": {"configMap": {"name": ""}}}, "spec.corpus.configMap.name"),
-    ({"corpus": {"volume": {}}}, "spec.corpus.volume must be exactly one volume source"),
-    ({"corpus": {"volume": {"name": "x", "emptyDir": {}}}}, "spec.corpus.volume must be exactly one volume source"),
+    ({"corpus": {"volume": {}}}, "spec.corpus.volume"),
+    ({"corpus": {"volume": {"persistentVolumeClaim": {"claimName": "a"}, "emptyDir": {}}}}, "spec.corpus.volume"),
 ]
 
 
@@ -434,7 +434,8 @@ def test_a_child_taken_over_by_another_controller_is_not_fought_over(kube, opera
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "legacy", "uid": owner.metadata.uid, "controller": True}
     # Another controller claims the Service (replacing the owner reference), as a second
     # RagService's apply used to.
-    kube.core.patch_namespaced_service("taken", kube.ns, {"metadata": {"ownerReferences": [ref]}})
+    kube.core.patch_namespaced_service("taken", kube.ns, [
+        {"op": "replace", "path": "/metadata/ownerReferences", "value": [ref]}])
 
     def conflict():
         c = kube.condition("taken", "Degraded")
