@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="1k chunks only, short runs (a smoke test)")
     parser.add_argument("--skip-retrieval", action="store_true", help="skip recall@5/MRR and ingestion speed")
+    parser.add_argument("--skip-http", action="store_true", help="skip the HTTP and L3 benchmarks")
     parser.add_argument("--sizes", default="1000,10000", help="index sizes in chunks (comma separated)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
@@ -63,30 +65,38 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                     "python": platform.python_version(), "machine": platform.machine()}
+                     "python": platform.python_version(), "machine": platform.machine(),
+                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         sizes = (1000,) if args.quick else tuple(int(x) for x in args.sizes.split(","))
     except ValueError:
         parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     duration = 2.0 if args.quick else args.duration
     repeats = 1 if args.quick else args.repeats
-    print("HTTP benchmark")
-    results["http"] = http.run(sizes=sizes, duration=duration, repeats=repeats)
-    print("L3 semantic cache lookups")
-    results["l3_lookup"] = l3_lookup(10_000 if args.quick else 100_000)
-    print(f"  p50 {results['l3_lookup']['p50_ms']} ms at {results['l3_lookup']['entries']} entries")
+    if not args.skip_http:
+        print("HTTP benchmark")
+        results["http"] = http.run(sizes=sizes, duration=duration, repeats=repeats)
+        print("L3 semantic cache lookups")
+        results["l3_lookup"] = l3_lookup(10_000 if args.quick else 100_000)
+        print(f"  p50 {results['l3_lookup']['p50_ms']} ms at {results['l3_lookup']['entries']} entries")
     if not args.skip_retrieval:
         from bench import retrieval
 
-        print("retrieval quality and ingestion speed")
-        r = retrieval.run()
-        results["retrieval"] = {"recall@5": r["recall@5"], "mrr": r["mrr"], "embedder": r["embedder"],
-                                "ingestion": r["ingestion"], "corpus": r["corpus"],
-                                "questions": r.get("questions")}
-        print(f"  recall@5 {r['recall@5']}, MRR {r['mrr']}, ingestion {r['ingestion']['chunks_per_s']} chunks/s")
+        print("retrieval quality and ingestion speed, each local embedding model in this run")
+        compared = retrieval.compare()
+        results["retrieval"] = {model: retrieval.summary(r) for model, r in compared.items()}
+        for model, r in results["retrieval"].items():
+            print(f"  {model}: recall@5 en {r['recall@5_en']} es {r['recall@5_es']}, MRR en {r['mrr_en']} "
+                  f"es {r['mrr_es']}, question embed p50 {r['query_embed_ms_p50']:.1f} ms, ingestion "
+                  f"{r['ingestion']['chunks_per_s']} chunks/s")
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = RESULTS / "bench.json"
+    if args.skip_http and out.exists():
+        # A partial run updates its sections and keeps the last full run's HTTP numbers.
+        results = {**json.loads(out.read_text()), **results}
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    plot.make(results, RESULTS / "bench.png")
+    if "http" in results:
+        plot.make(results, RESULTS / "bench.png")
     print(f"wrote {out} and {RESULTS / 'bench.png'}")
     return 0
 

@@ -1,12 +1,16 @@
 """Retrieval quality and embedding speed on the evaluation set in bench/data.
 
-Corpus: 76 pages of the Python 3.11 documentation (PSF licence, bench/data/pydoc-LICENSE.md);
-70 questions paraphrased away from the pages' wording, 17 of them in Spanish, each labelled with
-the page(s) that answer it; 8 questions the corpus cannot answer (for the relevance floor).
+Corpus: 76 pages of the Python 3.11 documentation (PSF licence, bench/data/pydoc-LICENSE.md) and
+six Spanish coreutils manual pages (GPL-3+, bench/data/manpages-es-LICENSE.md). Questions, each
+labelled with the page(s) that answer it: 53 English ones paraphrased away from the pages'
+wording, a Spanish translation of each (``set: translation``, committed before any model was
+measured on them), 17 Spanish originals, and 6 questions about the Spanish pages in each language;
+8 questions the corpus cannot answer (for the relevance floor).
 
-``run()`` returns recall@5 and MRR for dense, BM25 and hybrid fusions at several weights,
-ingestion chunks/s and query-embedding latency. The evaluation index is kept under
-``.bench-cache/`` (the engine's own persistence: unchanged pages are not re-embedded).
+``run()`` returns, per embedding model, recall@5 and MRR (overall, per language, per question set)
+for dense, BM25 and hybrid fusions at several weights, ingestion chunks/s and question-embedding
+latency. ``compare()`` runs several models in one process, side by side. The evaluation indexes
+are kept under ``.bench-cache/`` (the engine's own persistence: unchanged pages are not re-embedded).
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 from kuberag_api.rag import RagEngine, load_default_embedder
-from kuberag_api.rag.embedding import Embedder
+from kuberag_api.rag.embedding import LOCAL_MODELS, Embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, rrf_fusion
 from kuberag_api.rag.generation import RELEVANCE_FLOOR
 from kuberag_contract.config import Retrieval
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "pydoc"
+CORPORA = (DATA / "pydoc", DATA / "manpages-es")
 QUESTIONS = DATA / "questions.json"
 CACHE = Path(__file__).resolve().parent.parent / ".bench-cache"
 WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -36,8 +41,13 @@ def load_questions() -> dict:
     return json.loads(QUESTIONS.read_text(encoding="utf-8"))
 
 
+def corpus_files() -> list[Path]:
+    return [f for root in CORPORA for f in sorted(root.glob("*.md"))]
+
+
 def _ranked_sources(scores: np.ndarray, sources: list[str], depth: int = 50) -> list[str]:
-    """Distinct sources in order of their best chunk."""
+    """Distinct sources (file names: labels do not name the corpus folder) in order of their best chunk."""
+    sources = [s.rsplit("/", 1)[-1] for s in sources]
     order = np.argsort(-scores, kind="stable")[: depth * 4]
     seen: list[str] = []
     for i in order:
@@ -72,7 +82,7 @@ def evaluate(engine: RagEngine, weights=WEIGHTS) -> dict:
             runs[f"rrf@{w}"] = rrf_fusion(dense, bm25, w)
         for name, scores in runs.items():
             recall, mrr = _metrics(_ranked_sources(scores, sources), item["relevant"])
-            methods.setdefault(name, []).append((recall, mrr, item["lang"]))
+            methods.setdefault(name, []).append((recall, mrr, item["lang"], item.get("set", "original")))
     best_dense_unanswerable = []
     for question in data["unanswerable"]:
         dense, _, _ = engine.score_all(question)
@@ -84,9 +94,15 @@ def evaluate(engine: RagEngine, weights=WEIGHTS) -> dict:
         retrieve_latencies.append(time.perf_counter() - started)
     table = {}
     for name, rows in methods.items():
-        entry = {"recall@5": _mean(r for r, _, _ in rows), "mrr": _mean(m for _, m, _ in rows)}
+        entry = {"recall@5": _mean(r for r, _, _, _ in rows), "mrr": _mean(m for _, m, _, _ in rows)}
         for lang in ("en", "es"):
-            entry[f"recall@5_{lang}"] = _mean(r for r, _, la in rows if la == lang)
+            entry[f"recall@5_{lang}"] = _mean(r for r, _, la, _ in rows if la == lang)
+            entry[f"mrr_{lang}"] = _mean(m for _, m, la, _ in rows if la == lang)
+        for subset in sorted({s for _, _, _, s in rows}):
+            for lang in ("en", "es"):
+                picked = [(r, m) for r, m, la, s in rows if la == lang and s == subset]
+                if picked:
+                    entry[f"recall@5_{lang}_{subset}"] = _mean(r for r, _ in picked)
         table[name] = entry
     return {
         "questions": len(data["questions"]),
@@ -120,6 +136,7 @@ def _mean(values) -> float:
 def ingestion_speed(embedder: Embedder, pages: int = 8) -> dict:
     """Chunks/s of a cold ingest (parse, chunk, embed, persist) of a few pages into a new index."""
     files = sorted(CORPUS.glob("*.md"))[:pages]
+    embedder.embed(["warm up"])  # the first run of a session allocates its buffers
     with tempfile.TemporaryDirectory(prefix="kuberag-bench-") as tmp:
         engine = RagEngine.open(Path(tmp), retrieval=Retrieval(), embedder=embedder)
         started = time.perf_counter()
@@ -130,11 +147,18 @@ def ingestion_speed(embedder: Embedder, pages: int = 8) -> dict:
     return {"chunks": chunks, "seconds": round(elapsed, 2), "chunks_per_s": round(chunks / elapsed, 1)}
 
 
+def open_eval_index(embedder: Embedder, cache_dir: Path = CACHE) -> RagEngine:
+    index_dir = cache_dir / ("eval-" + embedder.name.replace("/", "_").replace(":", "_").replace("@", "_"))
+    engine = RagEngine.open(index_dir, retrieval=Retrieval(), embedder=embedder)
+    # Both corpus folders in one index (unchanged pages are skipped by their sha256).
+    engine.ingest_many((f"{f.parent.name}/{f.name}", f.read_bytes(), None) for f in corpus_files())
+    return engine
+
+
 def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
     embedder = embedder or load_default_embedder()
-    index_dir = cache_dir / ("eval-" + embedder.name.replace("/", "_").replace(":", "_").replace("@", "_"))
     started = time.perf_counter()
-    engine = RagEngine.open(index_dir, retrieval=Retrieval(), corpus_path=str(CORPUS), embedder=embedder)
+    engine = open_eval_index(embedder, cache_dir)
     build_seconds = time.perf_counter() - started
     result = {
         "embedder": embedder.name,
@@ -146,10 +170,28 @@ def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
         "ingestion": ingestion_speed(embedder),
     }
     default = result["methods"][f"linear@{DEFAULT_DENSE_WEIGHT}"]
-    result["recall@5"] = default["recall@5"]
-    result["mrr"] = default["mrr"]
+    for key in ("recall@5", "mrr", "recall@5_en", "recall@5_es", "mrr_en", "mrr_es"):
+        result[key] = default[key]
     engine.close()
     return result
+
+
+def compare(models: tuple[str, ...] = tuple(LOCAL_MODELS), log=print) -> dict:
+    """Every local model on the same questions in one process (one after the other)."""
+    out = {}
+    for model in models:
+        log(f"  {model}")
+        out[model] = run(load_default_embedder(model))
+    return out
+
+
+def summary(result: dict) -> dict:
+    """The figures the README table and bench.json report for one model."""
+    keys = ("recall@5", "mrr", "recall@5_en", "recall@5_es", "mrr_en", "mrr_es", "query_embed_ms_p50",
+            "retrieve_ms_p50")
+    return {"embedder": result["embedder"], **{k: round(result[k], 4) for k in keys},
+            "ingestion": result["ingestion"], "corpus": result["corpus"], "questions": result["questions"],
+            "relevance_floor": result["relevance_floor"], "best_dense_score": result["best_dense_score"]}
 
 
 if __name__ == "__main__":
@@ -160,4 +202,5 @@ if __name__ == "__main__":
 
         print(json.dumps(run(OnnxMiniLM(quantized=True)), indent=1))
     else:
-        print(json.dumps(run(), indent=1))
+        models = tuple(a for a in sys.argv[1:] if not a.startswith("-")) or tuple(LOCAL_MODELS)
+        print(json.dumps(compare(models), indent=1, ensure_ascii=False))
