@@ -165,7 +165,8 @@ def create_app(
     slot = EngineSlot(engine)
     cfg = live.config
     if generator is None:
-        generator = build_generator(cfg.providers, settings.providers.llm_api_key)
+        generator = build_generator(cfg.providers, settings.providers.llm_api_key,
+                                    on_retry=lambda reason: metrics.llm_retries.labels(reason).inc())
     query_service = QueryService(slot, generator, cache, metrics, executor)
     document_service = DocumentService(slot, metrics, executor)
     readiness = ReadinessProbe(slot, cache, limiter, live, metrics)

@@ -38,6 +38,7 @@ from kuberag_api.schemas import (
     QueryRequest,
     QueryResponse,
     Readiness,
+    Usage,
 )
 from kuberag_api.services import DocumentService, QueryOutcome, QueryService
 from kuberag_api.status import ReadinessProbe
@@ -91,7 +92,15 @@ def _response(outcome: QueryOutcome, started: float, request: Request) -> QueryR
         degraded=outcome.degraded or limiter_degraded,
         model=entry.model,
         similarity=round(outcome.similarity, 4) if outcome.similarity is not None else None,
+        usage=_usage(outcome),
     )
+
+
+def _usage(outcome: QueryOutcome) -> Usage | None:
+    u = outcome.usage
+    if u is None:
+        return None
+    return Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens, u.estimated_cost)
 
 
 class HealthController(Controller):

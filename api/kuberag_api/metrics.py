@@ -69,7 +69,16 @@ class Metrics:
         )
         self.config_reloads = Counter("kuberag_config_reloads", "Config files applied after start", registry=r)
         self.errors = Counter("kuberag_errors", "Errors by kind", ["kind"], registry=r)
-        self.llm_tokens = Counter("kuberag_llm_tokens", "LLM tokens by kind", ["kind"], registry=r)
+        self.llm_tokens = Counter("kuberag_llm_tokens", "LLM tokens by model and kind (prompt, completion)",
+                                  ["model", "kind"], registry=r)
+        self.llm_cost = Counter("kuberag_llm_estimated_cost", "Estimated LLM cost by model, from the configured "
+                                "prices per 1k tokens (in their currency)", ["model"], registry=r)
+        self.llm_retries = Counter("kuberag_llm_retries", "LLM call attempts retried, by reason", ["reason"],
+                                   registry=r)
+        self.llm_fallbacks = Counter("kuberag_llm_fallbacks", "Answers given extractively because the LLM failed "
+                                     "or its circuit breaker was open, by reason", ["reason"], registry=r)
+        self.llm_breaker_open = Gauge("kuberag_llm_circuit_open", "1 while the LLM circuit breaker is open",
+                                      registry=r)
         self.documents_ingested = Counter("kuberag_documents_ingested", "Ingested documents by status", ["status"],
                                           registry=r)
         self._config_hash: str | None = None

@@ -30,6 +30,16 @@ class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
 Source = CachedSource
 
 
+class Usage(msgspec.Struct):
+    """Tokens the LLM spent on this request (zero for a cache hit) and their estimated cost."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated_cost: float | None = None
+    """From the configured prices per 1k tokens (their currency); null when none is configured."""
+
+
 class QueryResponse(msgspec.Struct):
     answer: str
     sources: list[CachedSource]
@@ -42,6 +52,8 @@ class QueryResponse(msgspec.Struct):
     model: str
     similarity: float | None = None
     """Cosine similarity of the cached question for an L3 (semantic) hit."""
+    usage: Usage | None = None
+    """LLM tokens of this request; null when no LLM is configured."""
 
 
 class Health(msgspec.Struct):

@@ -82,12 +82,27 @@ class EngineSlot:
             self.loading = False
 
 
+@dataclass(frozen=True, slots=True)
+class LLMUsage:
+    """Tokens one request made the LLM spend (zero for a cache hit or an extractive answer)."""
+
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated_cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 @dataclass(slots=True)
 class QueryOutcome:
     entry: CachedAnswer
     cache_level: str | None
     similarity: float | None
     degraded: bool
+    usage: LLMUsage | None = None
 
 
 def _sources(passages) -> tuple[CachedSource, ...]:
@@ -118,6 +133,9 @@ class QueryService:
         self.metrics = metrics
         self.executor = executor
         self.flight: SingleFlight[QueryOutcome] = SingleFlight()
+        llm = getattr(generator, "config", None)
+        self.llm_configured = llm is not None
+        self.prices = dict(llm.prices) if llm is not None else {}
         self._scope_parts: tuple | None = None
         self._scope_token = ""
         self._fingerprint: tuple[int, str] | None = None
@@ -146,23 +164,54 @@ class QueryService:
         finally:
             self.metrics.observe_stage(stage, time.perf_counter() - started)
 
-    async def _generate(self, question: str, passages) -> tuple[str, str, int, int, bool]:
+    def account(self, model: str, prompt: int, completion: int) -> LLMUsage:
+        """Count an LLM call's tokens and estimated cost by model (the response's model, priced by
+        its own entry, else by the configured model's)."""
+        price = self.prices.get(model) or self.prices.get(getattr(self.generator, "model", ""))
+        cost = None
+        if price is not None:
+            cost = round(prompt / 1000 * price.prompt_per_1k + completion / 1000 * price.completion_per_1k, 8)
+            self.metrics.llm_cost.labels(model).inc(cost)
+        if prompt:
+            self.metrics.llm_tokens.labels(model, "prompt").inc(prompt)
+        if completion:
+            self.metrics.llm_tokens.labels(model, "completion").inc(completion)
+        return LLMUsage(model, prompt, completion, cost)
+
+    def no_usage(self) -> LLMUsage | None:
+        """The usage of a request the LLM did not answer (a cache hit): zero, or None without an LLM."""
+        if not self.llm_configured:
+            return None
+        return LLMUsage(getattr(self.generator, "model", self.generator.name), 0, 0, 0.0 if self.prices else None)
+
+    def _llm_failed(self, exc: GenerationError) -> None:
+        log.error("LLM failed, answering extractively (not cached)", extra={"error": str(exc)[:300]})
+        self.metrics.errors.labels("llm").inc()
+        self.metrics.llm_fallbacks.labels(getattr(exc, "reason", "error")).inc()
+        breaker = getattr(self.generator, "breaker", None)
+        if breaker is not None:
+            self.metrics.llm_breaker_open.set(1 if breaker.state == "open" else 0)
+
+    def _llm_ok(self) -> None:
+        if getattr(self.generator, "breaker", None) is not None:
+            self.metrics.llm_breaker_open.set(0)
+
+    async def _generate(self, question: str, passages) -> tuple[str, str, LLMUsage | None, bool]:
         started = time.perf_counter()
         try:
             g = await self.generator.generate(question, passages)
             degraded = False
+            self._llm_ok()
         except GenerationError as exc:
-            log.error("LLM failed, answering extractively (not cached)", extra={"error": str(exc)[:300]})
-            self.metrics.errors.labels("llm").inc()
+            self._llm_failed(exc)
             g = await self.fallback.generate(question, passages)
             degraded = True
         finally:
             self.metrics.observe_stage("generate", time.perf_counter() - started)
-        prompt, completion = g.prompt_tokens or 0, g.completion_tokens or 0
-        if prompt or completion:
-            self.metrics.llm_tokens.labels("prompt").inc(prompt)
-            self.metrics.llm_tokens.labels("completion").inc(completion)
-        return g.text, g.model, prompt, completion, degraded
+        usage = self.no_usage()
+        if g.prompt_tokens is not None or g.completion_tokens is not None:
+            usage = self.account(g.model, g.prompt_tokens or 0, g.completion_tokens or 0)
+        return g.text, g.model, usage, degraded
 
     # --- answering ------------------------------------------------------------------------------
     async def answer(self, question: str, *, lookup: bool = True, store: bool = True) -> QueryOutcome:
@@ -173,7 +222,7 @@ class QueryService:
         if lookup:
             hit = await self.cache.get(key, scope)
             if hit is not None:
-                return QueryOutcome(hit[0], hit[1], None, self.degraded())
+                return QueryOutcome(hit[0], hit[1], None, self.degraded(), self.no_usage())
         if not lookup:
             return await self._compute(engine, question, norm, key, scope, lookup, store)
         outcome, shared = await self.flight.run(
@@ -195,15 +244,16 @@ class QueryService:
                 entry, similarity = similar
                 if store:
                     self.cache.l1.set(key, entry)
-                return QueryOutcome(entry, "l3", similarity, self.degraded())
+                return QueryOutcome(entry, "l3", similarity, self.degraded(), self.no_usage())
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
-        text, model, prompt, completion, llm_degraded = await self._generate(question, passages)
+        text, model, usage, llm_degraded = await self._generate(question, passages)
         entry = CachedAnswer(text, _sources(passages), model, question, time.time(), _doc_ids(passages, text),
-                             prompt, completion)
+                             usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        # A fallback answer is never stored: it must not be replayed later as the LLM's answer.
         if store and not llm_degraded:
             self.cache.put(key, scope, entry, vector, norm)
         log.info("answered", extra={"question": truncate(question), "passages": len(passages), "model": model})
-        return QueryOutcome(entry, None, None, llm_degraded or self.degraded())
+        return QueryOutcome(entry, None, None, llm_degraded or self.degraded(), usage)
 
     async def stream(self, question: str, *, lookup: bool = True, store: bool = True
                      ) -> AsyncIterator[tuple[str, Any]]:
@@ -226,7 +276,7 @@ class QueryService:
                 entry, level = hit
                 yield "sources", entry.sources
                 yield "delta", entry.answer
-                yield "done", QueryOutcome(entry, level, similarity, self.degraded())
+                yield "done", QueryOutcome(entry, level, similarity, self.degraded(), self.no_usage())
                 return
         if vector is None:
             vector = await self._cpu("embed", engine.embedder.embed_query, question)
@@ -236,25 +286,32 @@ class QueryService:
         parts: list[str] = []
         degraded = False
         started = time.perf_counter()
+        reported: dict = {}
         try:
-            async for delta in self.generator.stream(question, passages):
+            async for delta in self.generator.stream(question, passages, reported):
                 parts.append(delta)
                 yield "delta", delta
+            self._llm_ok()
         except GenerationError as exc:
-            log.error("LLM stream failed", extra={"error": str(exc)[:300]})
-            self.metrics.errors.labels("llm").inc()
+            self._llm_failed(exc)
             degraded = True
-            if not parts:
-                text = (await self.fallback.generate(question, passages)).text
-                parts.append(text)
-                yield "delta", text
+            # The extractive answer follows whatever part of the model's answer was already sent.
+            text = (await self.fallback.generate(question, passages)).text
+            delta = f"\n\n{text}" if parts else text
+            parts.append(delta)
+            yield "delta", delta
         finally:
             self.metrics.observe_stage("generate", time.perf_counter() - started)
         text = "".join(parts)
-        entry = CachedAnswer(text, sources, self.generator.name, question, time.time(), _doc_ids(passages, text))
+        usage = self.no_usage()
+        if reported:
+            usage = self.account(reported["model"], reported.get("prompt_tokens") or 0,
+                                 reported.get("completion_tokens") or 0)
+        entry = CachedAnswer(text, sources, self.generator.name, question, time.time(), _doc_ids(passages, text),
+                             usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
         if store and not degraded:
             self.cache.put(key, scope, entry, vector, norm)
-        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded())
+        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded(), usage)
 
 
 class DocumentService:

@@ -74,9 +74,43 @@ class Endpoint(_Struct):
     model: str | None = None
 
 
+class ModelPrice(_Struct):
+    """Price of 1,000 tokens of a model, in whatever currency the operator of the service uses."""
+
+    prompt_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 0.0
+    completion_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 0.0
+
+
+class LLMTimeouts(_Struct):
+    connect_seconds: Annotated[float, msgspec.Meta(gt=0.0, le=60.0)] = 5.0
+    # Until the first streamed token (and between tokens); a whole answer when not streaming.
+    first_token_seconds: Annotated[float, msgspec.Meta(gt=0.0, le=600.0)] = 20.0
+    # One answer, retries and backoff included.
+    total_seconds: Annotated[float, msgspec.Meta(gt=0.0, le=1800.0)] = 60.0
+
+
+class LLMEndpoint(_Struct):
+    """An OpenAI-compatible chat endpoint and how to survive it. The API key comes from the env."""
+
+    url: str
+    model: str | None = None
+    # Completion tokens asked for (and reserved against token limits).
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=131_072)] = 512
+    # The model's context window: passages that do not fit are dropped, lowest ranked first.
+    context_tokens: Annotated[int, msgspec.Meta(ge=256, le=10_000_000)] = 8192
+    # Retries of one call on 429, 5xx, timeouts and connection errors (Retry-After honoured).
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    timeouts: LLMTimeouts = msgspec.field(default_factory=LLMTimeouts)
+    # Consecutive failed calls that open the circuit breaker, and how long it stays open.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    breaker_reset_seconds: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
+    # Prices by model name (the response's model, else the configured one): the cost counters.
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+
+
 class Providers(_Struct):
     # None: the embedded defaults (extractive answers, local embedding model, in-process store).
-    llm: Endpoint | None = None
+    llm: LLMEndpoint | None = None
     embeddings: Endpoint | None = None
     vector_store: Endpoint | None = None
 
@@ -86,10 +120,15 @@ class Corpus(_Struct):
     path: str | None = None
 
 
+EmbeddingModel = Literal["multilingual-e5-small", "all-MiniLM-L6-v2"]
+
+
 class Retrieval(_Struct):
     top_k: Annotated[int, msgspec.Meta(ge=1, le=50)] = 5
     chunk_size: Annotated[int, msgspec.Meta(ge=100, le=8000)] = 800
     chunk_overlap: Annotated[int, msgspec.Meta(ge=0, le=4000)] = 120
+    # The local embedding model (when providers.embeddings is unset); a change re-embeds the index.
+    embedding_model: EmbeddingModel = "multilingual-e5-small"
 
 
 class ApiConfig(_Struct):

@@ -1,13 +1,13 @@
-"""The OpenAI-compatible adapters (chat generation, embeddings) against a local HTTP server.
+"""The OpenAI-compatible adapters (chat generation, embeddings) against a local stand-in server.
 
-The OpenAI service itself cannot be reached from here, so this test starts a small
-OpenAI-compatible server on a free loopback port (chat completions, streamed and not, and
-embeddings) and drives the real ``openai`` client against it.
+The OpenAI service itself cannot be reached from here: ``tests/fixtures/openai_standin.py`` stands
+in for it on a loopback port, speaking the real wire format (JSON and SSE) and injecting 429 with
+Retry-After, 500, a slow first token, a stream cut mid-answer and malformed JSON. The real
+``openai`` client is driven against it.
 """
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -20,79 +20,18 @@ from kuberag_api.rag import (
     Passage,
     RagEngine,
 )
-from kuberag_contract.config import Retrieval
+from kuberag_contract.config import LLMEndpoint, LLMTimeouts, Retrieval
+
+from tests.fixtures.openai_standin import ANSWER_EN, ANSWER_ES, EMBEDDING_DIM, OpenAIStandIn, fake_embedding
 
 pytestmark = pytest.mark.integration
 
-DIM = 16
-
-
-def fake_embedding(text: str) -> list[float]:
-    # Letter counts: texts sharing words share directions, which is all a retrieval test needs.
-    v = np.zeros(DIM)
-    for ch in text.lower():
-        if ch.isalpha():
-            v[(ord(ch) * 7) % DIM] += 1.0
-    return (v + 0.01).tolist()
-
-
-class OpenAICompatibleHandler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-    fail = False
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _json(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        type(self).requests.append({"path": self.path, "body": body, "auth": self.headers.get("authorization")})
-        if type(self).fail:
-            return self._json(500, {"error": {"message": "model overloaded", "type": "server_error"}})
-        if self.path == "/v1/embeddings":
-            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            data = [{"object": "embedding", "index": i, "embedding": fake_embedding(t)} for i, t in enumerate(inputs)]
-            # Out of order on purpose: the adapter must sort by index.
-            return self._json(200, {"object": "list", "data": data[::-1], "model": body["model"],
-                                    "usage": {"prompt_tokens": 1, "total_tokens": 1}})
-        if self.path == "/v1/chat/completions":
-            answer = "Redis runs as a sidecar [1]."
-            if body.get("stream"):
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                for piece in ["Redis runs ", "as a sidecar ", "[1]."]:
-                    event = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
-                return None
-            return self._json(200, {
-                "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49},
-            })
-        return self._json(404, {"error": {"message": f"no route {self.path}"}})
-
 
 @pytest.fixture
-def openai_server():
-    OpenAICompatibleHandler.requests = []
-    OpenAICompatibleHandler.fail = False
-    server = ThreadingHTTPServer(("127.0.0.1", 0), OpenAICompatibleHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def standin():
+    server = OpenAIStandIn()
+    yield server
+    server.close()
 
 
 PASSAGES = [
@@ -101,41 +40,141 @@ PASSAGES = [
 ]
 
 
-async def test_generate_sends_numbered_passages_and_reports_usage(openai_server):
-    generator = OpenAIChatGenerator(openai_server, "tiny-model", "secret-key")
-    answer = await generator.generate("Where does the L2 cache run?", PASSAGES)
-    assert answer.text == "Redis runs as a sidecar [1]."
-    assert (answer.model, answer.prompt_tokens, answer.completion_tokens) == ("tiny-model", 42, 7)
-    sent = OpenAICompatibleHandler.requests[-1]
+def generator(url: str, retries: list | None = None, **endpoint) -> OpenAIChatGenerator:
+    endpoint.setdefault("timeouts", LLMTimeouts(connect_seconds=2, first_token_seconds=2, total_seconds=20))
+    config = LLMEndpoint(url=url, model="tiny-model", **endpoint)
+    g = OpenAIChatGenerator(url, "tiny-model", "secret-key", endpoint=config,
+                            on_retry=(retries.append if retries is not None else None))
+    g.BACKOFF_BASE_SECONDS = 0.05  # the backoff itself is not what these tests time
+    return g
+
+
+async def test_generate_sends_numbered_passages_and_reports_usage(standin):
+    answer = await generator(standin.url).generate("Where does the L2 cache run?", PASSAGES)
+    assert answer.text == ANSWER_EN
+    assert answer.model == "tiny-model-2026" and answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    sent = standin.chat_requests()[-1]
     assert sent["auth"] == "Bearer secret-key"
     user = sent["body"]["messages"][-1]["content"]
     assert "[1] (caching.md) The L2 cache is a Redis sidecar" in user and "[2] (limits.md)" in user
     assert "Where does the L2 cache run?" in user
 
 
-async def test_stream_yields_the_model_text(openai_server):
-    generator = OpenAIChatGenerator(openai_server, "tiny-model", None)
-    pieces = [p async for p in generator.stream("Where does the L2 cache run?", PASSAGES)]
-    assert pieces == ["Redis runs ", "as a sidecar ", "[1]."]
-    assert OpenAICompatibleHandler.requests[-1]["body"]["stream"] is True
+async def test_stream_yields_the_model_text_and_its_usage(standin):
+    usage: dict = {}
+    pieces = [p async for p in generator(standin.url).stream("Where does the L2 cache run?", PASSAGES, usage)]
+    assert "".join(pieces) == ANSWER_EN and len(pieces) > 1
+    body = standin.chat_requests()[-1]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert usage["model"] == "tiny-model-2026" and usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
 
 
-async def test_no_relevant_passage_answers_without_calling_the_model(openai_server):
+async def test_no_relevant_passage_answers_without_calling_the_model(standin):
     irrelevant = [Passage("d", "d:0", "x.md", "Bananas.", 0.01, {"dense_score": 0.01})]
-    answer = await OpenAIChatGenerator(openai_server, "tiny-model").generate("capital of France?", irrelevant)
+    answer = await generator(standin.url).generate("capital of France?", irrelevant)
     assert answer.text == NOT_FOUND_ANSWER
-    assert OpenAICompatibleHandler.requests == []
+    assert standin.requests == []
 
 
-async def test_a_failing_endpoint_raises_generation_error(openai_server):
-    OpenAICompatibleHandler.fail = True
-    with pytest.raises(GenerationError, match="LLM endpoint failed"):
-        await OpenAIChatGenerator(openai_server, "tiny-model").generate("q", PASSAGES)
+async def test_429_is_retried_after_its_retry_after(standin):
+    retries: list = []
+    standin.fail(("429", 1))
+    started = time.monotonic()
+    answer = await generator(standin.url, retries).generate("Where does the L2 cache run?", PASSAGES)
+    assert answer.text == ANSWER_EN
+    first, second = standin.chat_requests()
+    assert second["at"] - first["at"] >= 0.95  # Retry-After: 1 honoured
+    assert retries == ["rate_limited"] and time.monotonic() - started < 15
 
 
-def test_embeddings_endpoint_behind_the_embedder_protocol(openai_server, tmp_path):
-    embedder = OpenAIEmbedder(openai_server, "tiny-embed")
-    assert embedder.dim == DIM and embedder.name == "openai:tiny-embed"
+async def test_500s_are_retried_with_backoff_then_succeed(standin):
+    retries: list = []
+    standin.fail(("500", 0), ("500", 0))
+    answer = await generator(standin.url, retries, max_retries=2).generate("q about redis", PASSAGES)
+    assert answer.text == ANSWER_EN and len(standin.chat_requests()) == 3
+    assert retries == ["server_error", "server_error"]
+
+
+async def test_retries_are_bounded(standin):
+    standin.fail(*[("500", 0)] * 5)
+    with pytest.raises(GenerationError, match="server_error") as failed:
+        await generator(standin.url, max_retries=1).generate("q", PASSAGES)
+    assert failed.value.reason == "server_error" and len(standin.chat_requests()) == 2
+
+
+async def test_a_slow_first_token_times_out_and_is_retried(standin):
+    standin.fail(("slow", 3))
+    retries: list = []
+    g = generator(standin.url, retries, timeouts=LLMTimeouts(connect_seconds=2, first_token_seconds=0.5,
+                                                             total_seconds=30))
+    pieces = [p async for p in g.stream("Where does the L2 cache run?", PASSAGES)]
+    assert "".join(pieces) == ANSWER_EN and retries == ["timeout"]
+
+
+async def test_the_total_deadline_bounds_every_attempt(standin):
+    standin.fail(*[("slow", 3)] * 5)
+    g = generator(standin.url, max_retries=5,
+                  timeouts=LLMTimeouts(connect_seconds=2, first_token_seconds=1, total_seconds=1.5))
+    started = time.monotonic()
+    with pytest.raises(GenerationError, match="timeout"):
+        await g.generate("q", PASSAGES)
+    assert time.monotonic() - started < 5
+
+
+async def test_a_stream_cut_mid_answer_raises_after_the_sent_part(standin):
+    standin.fail(("cut", 2))
+    received = []
+    with pytest.raises(GenerationError, match="mid-answer"):
+        async for piece in generator(standin.url).stream("Where does the L2 cache run?", PASSAGES):
+            received.append(piece)
+    assert "".join(received) == "Redis runs "  # two pieces arrived, then the connection closed
+
+
+async def test_malformed_json_fails_without_retrying(standin):
+    standin.fail(("malformed", 0))
+    with pytest.raises(GenerationError) as failed:
+        await generator(standin.url, max_retries=3).generate("q", PASSAGES)
+    assert failed.value.reason == "malformed" and len(standin.chat_requests()) == 1
+
+
+async def test_the_breaker_opens_after_repeated_failures_and_probes_later(standin):
+    g = generator(standin.url, max_retries=0, breaker_failures=2, breaker_reset_seconds=1)
+    standin.fail(("500", 0), ("500", 0))
+    for _ in range(2):
+        with pytest.raises(GenerationError):
+            await g.generate("q", PASSAGES)
+    with pytest.raises(GenerationError, match="circuit breaker is open") as failed:
+        await g.generate("q", PASSAGES)
+    assert failed.value.reason == "circuit_open" and len(standin.chat_requests()) == 2  # no call made
+    time.sleep(1.1)
+    assert (await g.generate("q", PASSAGES)).text == ANSWER_EN  # the half-open probe succeeds
+
+
+async def test_the_prompt_is_trimmed_to_the_context_budget_by_whole_passages(standin):
+    long = [Passage(f"d{i}", f"d{i}:0", f"doc{i}.md", f"Passage {i} about Redis. " + "filler words " * 60, 0.9 - i / 10,
+                    {"dense_score": 0.9 - i / 10}) for i in range(6)]
+    g = generator(standin.url, context_tokens=1400, max_tokens=256)
+    await g.generate("Where does Redis run?", long)
+    user = standin.chat_requests()[-1]["body"]["messages"][-1]["content"]
+    kept = [i for i in range(6) if f"[{i + 1}] (doc{i}.md)" in user]
+    assert kept == list(range(len(kept))) and 0 < len(kept) < 6  # the best ones, in rank order
+    for i in kept:  # each kept passage is whole
+        assert long[i].text in user
+    assert g.reservation("Where does Redis run?", long) >= 256
+
+
+async def test_the_answer_is_in_the_question_language(standin):
+    g = generator(standin.url)
+    spanish = await g.generate("¿Dónde se ejecuta la caché L2?", PASSAGES)
+    system = standin.chat_requests()[-1]["body"]["messages"][0]["content"]
+    assert "Answer in the language of the question" in system
+    assert spanish.text == ANSWER_ES
+    assert (await g.generate("Where does the L2 cache run?", PASSAGES)).text == ANSWER_EN
+
+
+def test_embeddings_endpoint_behind_the_embedder_protocol(standin, tmp_path):
+    embedder = OpenAIEmbedder(standin.url, "tiny-embed")
+    assert embedder.dim == EMBEDDING_DIM and embedder.name == "openai:tiny-embed"
     vectors = embedder.embed(["alpha", "beta gamma"])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
     expected = np.asarray(fake_embedding("beta gamma"))
@@ -149,8 +188,6 @@ def test_embeddings_endpoint_behind_the_embedder_protocol(openai_server, tmp_pat
 
 
 def test_an_unreachable_embeddings_endpoint_fails_on_use_with_the_reason():
-    import socket
-
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
