@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
@@ -31,6 +32,7 @@ from kuberag_api.live_config import LiveConfig
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import RateLimitMiddleware, RequestContextMiddleware
+from kuberag_api.openai_compat import OpenAIController, openai_error
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
@@ -71,6 +73,9 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
         detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):
         extra.update(exc.extra)
+    if request.url.path.startswith("/v1/"):
+        # OpenAI clients read the message from an "error" object.
+        extra["error"] = openai_error(exc.status_code, HTTPException(detail=detail, extra=exc.extra))
     return _problem(exc.status_code, title, detail, headers=exc.headers, **extra)
 
 
@@ -209,7 +214,7 @@ def create_app(
     state = State({
         "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
         "slot": slot, "query_service": query_service, "document_service": document_service,
-        "readiness": readiness, "executor": executor,
+        "readiness": readiness, "executor": executor, "started_at": time.time(),
     })
 
     def _from_state(name: str) -> Provide:
@@ -219,7 +224,7 @@ def create_app(
         return Provide(provider, use_cache=True, sync_to_thread=False)
 
     return Litestar(
-        route_handlers=[HealthController, QueryController, AdminController],
+        route_handlers=[HealthController, QueryController, OpenAIController, AdminController],
         state=state,
         dependencies={
             "query_service": _from_state("query_service"),

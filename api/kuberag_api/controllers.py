@@ -45,7 +45,8 @@ from kuberag_api.status import ReadinessProbe
 
 QUERY_MAX_BODY = 16 * 1024
 UPLOAD_MAX_BODY = 50 * 1024 * 1024
-ENDPOINTS = ["/", "/healthz", "/readyz", "/query", "/query/stream", "/metrics", "/cache", "/documents", "/schema"]
+ENDPOINTS = ["/", "/healthz", "/readyz", "/query", "/query/stream", "/v1/chat/completions", "/v1/models", "/metrics",
+             "/cache", "/documents", "/schema"]
 
 
 def _now() -> str:

@@ -184,7 +184,7 @@ class QueryService:
             return None
         return LLMUsage(getattr(self.generator, "model", self.generator.name), 0, 0, 0.0 if self.prices else None)
 
-    def _llm_failed(self, exc: GenerationError) -> None:
+    def record_llm_failure(self, exc: GenerationError) -> None:
         log.error("LLM failed, answering extractively (not cached)", extra={"error": str(exc)[:300]})
         self.metrics.errors.labels("llm").inc()
         self.metrics.llm_fallbacks.labels(getattr(exc, "reason", "error")).inc()
@@ -203,7 +203,7 @@ class QueryService:
             degraded = False
             self._llm_ok()
         except GenerationError as exc:
-            self._llm_failed(exc)
+            self.record_llm_failure(exc)
             g = await self.fallback.generate(question, passages)
             degraded = True
         finally:
@@ -293,7 +293,7 @@ class QueryService:
                 yield "delta", delta
             self._llm_ok()
         except GenerationError as exc:
-            self._llm_failed(exc)
+            self.record_llm_failure(exc)
             degraded = True
             # The extractive answer follows whatever part of the model's answer was already sent.
             text = (await self.fallback.generate(question, passages)).text

@@ -77,8 +77,9 @@ class Endpoint(_Struct):
 class ModelPrice(_Struct):
     """Price of 1,000 tokens of a model, in whatever currency the operator of the service uses."""
 
-    prompt_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 0.0
-    completion_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = 0.0
+    prompt_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = msgspec.field(default=0.0, name="promptPer1k")
+    completion_per_1k: Annotated[float, msgspec.Meta(ge=0.0, le=1000.0)] = msgspec.field(
+        default=0.0, name="completionPer1k")
 
 
 class LLMTimeouts(_Struct):

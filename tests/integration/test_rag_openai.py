@@ -6,6 +6,7 @@ Retry-After, 500, a slow first token, a stream cut mid-answer and malformed JSON
 ``openai`` client is driven against it.
 """
 
+import asyncio
 import socket
 import time
 
@@ -146,7 +147,7 @@ async def test_the_breaker_opens_after_repeated_failures_and_probes_later(standi
     with pytest.raises(GenerationError, match="circuit breaker is open") as failed:
         await g.generate("q", PASSAGES)
     assert failed.value.reason == "circuit_open" and len(standin.chat_requests()) == 2  # no call made
-    time.sleep(1.1)
+    await asyncio.sleep(1.1)
     assert (await g.generate("q", PASSAGES)).text == ANSWER_EN  # the half-open probe succeeds
 
 

@@ -227,11 +227,15 @@ class RagEngine:
         dense = snap.vectors @ query_vector
         lexical = snap.bm25.scores(question)
         fused = linear_fusion(dense, lexical, self.dense_weight)
+        floor = getattr(self._embedder, "relevance_floor", None)
         passages = []
         for i in top_indices(fused, k):
             row = snap.rows[i]
             metadata = {"heading": row.heading, "position": row.position,
                         "dense_score": float(dense[i]), "bm25_score": float(lexical[i])}
+            if floor is not None:
+                # Cosine scales differ by model: whether this passage is evidence is the model's call.
+                metadata["relevant"] = bool(dense[i] >= floor)
             if row.page is not None:
                 metadata["page"] = row.page
             passages.append(Passage(row.doc_id, row.chunk_id, row.source, row.text, float(fused[i]), metadata))
