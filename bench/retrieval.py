@@ -67,6 +67,7 @@ def _metrics(ranked: list[str], relevant: list[str]) -> tuple[float, float]:
 
 def evaluate(engine: RagEngine, weights=WEIGHTS) -> dict:
     data = load_questions()
+    floor = getattr(engine.embedder, "relevance_floor", None) or RELEVANCE_FLOOR
     methods: dict[str, list[tuple[float, float, str]]] = {}
     best_dense_answerable = []
     latencies = []
@@ -114,9 +115,9 @@ def evaluate(engine: RagEngine, weights=WEIGHTS) -> dict:
         "retrieve_ms_p99": 1000 * float(np.percentile(retrieve_latencies, 99)),
         # The extractive answer says "not found" when no passage reaches the floor.
         "relevance_floor": {
-            "floor": RELEVANCE_FLOOR,
-            "answerable_above": _mean(s >= RELEVANCE_FLOOR for s in best_dense_answerable),
-            "unanswerable_below": _mean(s < RELEVANCE_FLOOR for s in best_dense_unanswerable),
+            "floor": floor,
+            "answerable_above": _mean(s >= floor for s in best_dense_answerable),
+            "unanswerable_below": _mean(s < floor for s in best_dense_unanswerable),
         },
         "best_dense_score": {
             "answerable_min": min(best_dense_answerable),

@@ -184,10 +184,13 @@ def create_app(
             log.info("prometheus metrics served", extra={"port": port})
         if slot.engine is None:
             embedder_ = embedder
-            if embedder_ is None and cfg.providers.embeddings is not None:
+            if embedder_ is None:
                 from kuberag_api.rag import build_embedder
 
-                embedder_ = build_embedder(cfg.providers, settings.providers.embeddings_api_key)
+                # Loaded in the executor with the index (the local model takes seconds to build).
+                def embedder_():
+                    return build_embedder(cfg.providers, settings.providers.embeddings_api_key,
+                                          cfg.retrieval.embedding_model)
             tasks.append(asyncio.create_task(slot.open(
                 executor, settings.storage.data_dir, cfg.retrieval, cfg.corpus.path, embedder_)))
         await cache.start()

@@ -64,8 +64,8 @@ class EngineSlot:
         try:
             engine = await loop.run_in_executor(
                 executor,
-                lambda: RagEngine.open(data_dir, retrieval=retrieval, corpus_path=corpus_path, embedder=embedder,
-                                       defer_corpus=True),
+                lambda: RagEngine.open(data_dir, retrieval=retrieval, corpus_path=corpus_path,
+                                       embedder=embedder() if callable(embedder) else embedder, defer_corpus=True),
             )
             self.engine = engine
             if corpus_path is not None:
@@ -146,6 +146,9 @@ class QueryService:
         # JSON to compute: once per engine, not per request.
         if self._fingerprint is None or self._fingerprint[0] != id(engine):
             self._fingerprint = (id(engine), engine.retrieval_fingerprint)
+            default = getattr(engine.embedder, "l3_threshold", None)
+            if default is not None:
+                self.cache.l3.model_threshold = default
         parts = (engine.corpus_version, self.generator.name, engine.embedder.name, self._fingerprint[1],
                  self.cache.epoch)
         if parts != self._scope_parts:

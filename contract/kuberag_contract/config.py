@@ -57,8 +57,10 @@ class L3Cache(_Struct):
     enabled: bool = True
     max_entries: NonNegativeInt = 10_000
     ttl_seconds: PositiveInt = 3600
-    # Cosine similarity of question embeddings; higher is stricter.
-    threshold: Threshold = 0.95
+    # Cosine similarity of question embeddings; higher is stricter. Unset: the embedding model's
+    # calibrated default (all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.97: its cosines run
+    # higher, so 0.95 would match antonyms such as enable/disable).
+    threshold: Threshold | None = None
 
 
 class Cache(_Struct):

@@ -221,11 +221,13 @@ def _spec_schema() -> dict:
                             "enabled": _bool(_L3.enabled),
                             "maxEntries": _int(0, 10_000_000, _L3.max_entries),
                             "ttlSeconds": _int(1, 31_536_000, _L3.ttl_seconds),
-                            "threshold": {"type": "number", "default": _L3.threshold,
-                                          "description": "Cosine similarity of question embeddings, in (0,1]; higher is stricter."},
+                            "threshold": {"type": "number",
+                                          "description": "Cosine similarity of question embeddings, in (0,1]; higher is "
+                                                         "stricter. Unset: the embedding model's calibrated default "
+                                                         "(all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.97)."},
                         },
                         default={},
-                        rules=[{"rule": "self.threshold > 0.0 && self.threshold <= 1.0",
+                        rules=[{"rule": "!has(self.threshold) || (self.threshold > 0.0 && self.threshold <= 1.0)",
                                 "message": "spec.cache.l3.threshold must be in (0,1] (cosine similarity, higher is stricter)",
                                 "fieldPath": ".threshold"}],
                     ),

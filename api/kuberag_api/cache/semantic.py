@@ -45,13 +45,20 @@ class _Entry:
     label: int | None  # index label, None when stored without an embedding
 
 
+# all-MiniLM-L6-v2's calibrated threshold (the model the semantic cache was first measured with).
+DEFAULT_MODEL_THRESHOLD = 0.95
+
+
 class SemanticCache:
     def __init__(
-        self, max_entries: int, ttl_seconds: float, threshold: float, *, candidates: int = 4, clock=time.monotonic
+        self, max_entries: int, ttl_seconds: float, threshold: float | None, *, candidates: int = 4,
+        clock=time.monotonic, model_threshold: float = DEFAULT_MODEL_THRESHOLD,
     ) -> None:
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
         self.threshold = threshold
+        # Used when ``threshold`` is None: the embedding model's calibrated default.
+        self.model_threshold = model_threshold
         self.candidates = candidates
         self._clock = clock
         self._scope: str | None = None
@@ -61,7 +68,11 @@ class SemanticCache:
         self._next_label = 0
         self._live_labels = 0
 
-    def resize(self, max_entries: int, ttl_seconds: float, threshold: float) -> None:
+    @property
+    def effective_threshold(self) -> float:
+        return self.threshold if self.threshold is not None else self.model_threshold
+
+    def resize(self, max_entries: int, ttl_seconds: float, threshold: float | None) -> None:
         self.max_entries = max_entries
         self.ttl_seconds = ttl_seconds
         self.threshold = threshold
@@ -100,9 +111,10 @@ class SemanticCache:
             return None
         negations = negation_signature(question)
         now = self._clock()
+        threshold = self.effective_threshold
         for label, distance in zip(labels[0].tolist(), distances[0].tolist(), strict=True):
             similarity = 1.0 - float(distance)
-            if similarity < self.threshold:
+            if similarity < threshold:
                 break  # results are ordered by distance
             key = self._by_label.get(int(label))
             if key is None:

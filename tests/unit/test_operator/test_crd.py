@@ -60,7 +60,8 @@ def test_defaulted_empty_spec_renders_the_contract_defaults():
 def test_with_defaults_fills_nested_objects_and_keeps_given_values():
     spec = crd.defaulted_spec({"cache": {"l1": {"ttlSeconds": 7}}, "autoscaling": {"maxReplicas": 4}})
     assert spec["cache"]["l1"] == {"ttlSeconds": 7, "maxEntries": 10_000}
-    assert spec["cache"]["l3"]["threshold"] == 0.95
+    assert "threshold" not in spec["cache"]["l3"]  # unset: the embedding model's calibrated default
+    assert spec["cache"]["l3"]["enabled"] is True
     assert spec["autoscaling"] == {"maxReplicas": 4, "minReplicas": 1, "targetCPUUtilizationPercentage": 80}
 
 

@@ -4,7 +4,14 @@ import threading
 
 import numpy as np
 import pytest
-from kuberag_api.rag import DocumentError, OnnxMiniLM, RagEngine, UnsupportedDocument, doc_id_for
+from kuberag_api.rag import (
+    DocumentError,
+    OnnxMiniLM,
+    RagEngine,
+    UnsupportedDocument,
+    doc_id_for,
+    load_default_embedder,
+)
 from kuberag_contract.config import Retrieval
 
 pytestmark = pytest.mark.unit
@@ -180,7 +187,8 @@ def test_concurrent_queries_while_ingesting(engine):
     assert engine.document_count == 8 and engine.chunk_count == 2 + 7
 
 
-def test_an_index_from_another_embedder_is_rebuilt_not_mixed(tmp_path, embedder):
+def test_an_index_from_another_embedder_is_rebuilt_not_mixed(tmp_path):
+    embedder = load_default_embedder("all-MiniLM-L6-v2")
     first = RagEngine.open(tmp_path, retrieval=Retrieval(), embedder=embedder)
     first.ingest("caching.md", CACHING)
     first.ingest("limits.md", LIMITS)
@@ -199,6 +207,25 @@ def test_an_index_from_another_embedder_is_rebuilt_not_mixed(tmp_path, embedder)
     with sqlite3.connect(tmp_path / "rag-index.sqlite3") as db:
         params = json.loads(db.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
     assert (params["embedder"], params["dim"]) == (int8.name, 384)
+
+
+def test_switching_the_local_model_re_embeds_the_index(tmp_path, embedder):
+    """The model is recorded with the index (config retrieval.embeddingModel): an index embedded
+    with all-MiniLM-L6-v2 and reopened with the multilingual default is re-embedded, not mixed."""
+    first = RagEngine.open(tmp_path, retrieval=Retrieval(embedding_model="all-MiniLM-L6-v2"))
+    first.ingest("caching.md", CACHING)
+    assert first.embedder.name.endswith("all-MiniLM-L6-v2")
+    old_vectors = np.array(first._snap.vectors)
+    first.close()
+    reopened = RagEngine.open(tmp_path, retrieval=Retrieval())
+    assert reopened.embedder is embedder and reopened.document_count == 1
+    # Two unrelated vector spaces: nothing of the old model's vectors is left.
+    assert np.abs((old_vectors * np.array(reopened._snap.vectors)).sum(axis=1)).max() < 0.5
+    with sqlite3.connect(tmp_path / "rag-index.sqlite3") as db:
+        params = json.loads(db.execute("SELECT value FROM meta WHERE key='params'").fetchone()[0])
+    assert params["embedder"] == embedder.name
+    assert reopened.retrieve("¿Dónde vive el segundo nivel de la caché?", top_k=1)[0].source == "caching.md"
+    reopened.close()
 
 
 def test_a_configmap_style_corpus_is_indexed_once_by_its_visible_names(tmp_path, embedder):
