@@ -35,9 +35,10 @@ from kuberag_api.middleware import RateLimitMiddleware, RequestContextMiddleware
 from kuberag_api.openai_compat import OpenAIController, openai_error
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
-from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
+from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService, TokenLimitExceeded
 from kuberag_api.settings import Settings
 from kuberag_api.status import ReadinessProbe
+from kuberag_api.token_limit import TokenLimiter
 
 log = logging.getLogger("kuberag.app")
 # Routes without their own limit (the query routes take 16 KiB, uploads 50 MiB).
@@ -103,6 +104,22 @@ def _too_large(request: Request, exc: RequestEntityTooLarge) -> Response:
 
 def _index_not_ready(_: Request, exc: IndexNotReady) -> Response:
     return _problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def _token_limited(request: Request, exc: TokenLimitExceeded) -> Response:
+    d = exc.decision
+    headers = d.headers()
+    if d.retry_after == float("inf"):
+        detail = (f"{exc}, more than the burst of {d.limit}: no wait lets it through (ask for a larger "
+                  "tokenBurst, or a smaller max_tokens/context)")
+    else:
+        detail = f"{exc}; retry after {headers['Retry-After']} s"
+    extra: dict[str, Any] = {"limit": d.limit, "policy": "tokens", "tokens_needed": exc.needed}
+    if "Retry-After" in headers:
+        extra["retry_after_seconds"] = int(headers["Retry-After"])
+    if request.url.path.startswith("/v1/"):
+        extra["error"] = {"message": detail, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}
+    return _problem(429, "Too Many Requests", detail, headers=headers, **extra)
 
 
 def _unsupported(_: Request, exc: UnsupportedDocument) -> Response:
@@ -172,7 +189,7 @@ def create_app(
     if generator is None:
         generator = build_generator(cfg.providers, settings.providers.llm_api_key,
                                     on_retry=lambda reason: metrics.llm_retries.labels(reason).inc())
-    query_service = QueryService(slot, generator, cache, metrics, executor)
+    query_service = QueryService(slot, generator, cache, metrics, executor, TokenLimiter(live, shared))
     document_service = DocumentService(slot, metrics, executor)
     readiness = ReadinessProbe(slot, cache, limiter, live, metrics)
 
@@ -243,6 +260,7 @@ def create_app(
         exception_handlers={
             HTTPException: _http_problem,
             IndexNotReady: _index_not_ready,
+            TokenLimitExceeded: _token_limited,
             RequestEntityTooLarge: _too_large,
             UnsupportedDocument: _unsupported,
             DocumentError: _bad_document,

@@ -27,6 +27,7 @@ from kuberag_api import __version__
 from kuberag_api.cache.entry import CachedAnswer
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
+from kuberag_api.middleware import client_key_of
 from kuberag_api.schemas import (
     CacheCleared,
     Deleted,
@@ -138,9 +139,11 @@ class QueryController(Controller):
         # more than the whole L1 hit (measured); the service carries the metrics.
         started = time.perf_counter()
         lookup, store = _cache_flags(request, data)
-        outcome = await query_service.answer(data.question, lookup=lookup, store=store)
+        outcome = await query_service.answer(data.question, lookup=lookup, store=store, client=client_key_of(request))
         response = _response(outcome, started, request)
         query_service.metrics.observe_query(outcome.cache_level, response.latency_ms)
+        if outcome.tokens is not None:
+            return Response(response, headers=outcome.tokens.headers())  # type: ignore[return-value]
         return response
 
     @post("/query/stream", operation_id="QueryStream", status_code=200,
@@ -152,11 +155,19 @@ class QueryController(Controller):
         lookup, store = _cache_flags(request, data)
         query_service.slot.require()  # 503 now, not after the stream started
         rid = request_id_var.get()
+        # The first event comes before the response starts: a refused token reservation is a 429.
+        stream = query_service.stream(data.question, lookup=lookup, store=store, client=client_key_of(request))
+        first = await anext(stream)
+
+        async def replay():
+            yield first
+            async for event in stream:
+                yield event
 
         async def events():
             token = request_id_var.set(rid)
             try:
-                async for kind, payload in query_service.stream(data.question, lookup=lookup, store=store):
+                async for kind, payload in replay():
                     if kind == "sources":
                         body = list(payload)
                         yield ServerSentEventMessage(event="sources", data=msgspec.json.encode(body).decode())

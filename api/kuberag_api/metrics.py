@@ -73,6 +73,8 @@ class Metrics:
                                   ["model", "kind"], registry=r)
         self.llm_cost = Counter("kuberag_llm_estimated_cost", "Estimated LLM cost by model, from the configured "
                                 "prices per 1k tokens (in their currency)", ["model"], registry=r)
+        self.token_limited = Counter("kuberag_token_limited_requests", "Requests refused by the per-client LLM "
+                                     "token limit", registry=r)
         self.llm_retries = Counter("kuberag_llm_retries", "LLM call attempts retried, by reason", ["reason"],
                                    registry=r)
         self.llm_fallbacks = Counter("kuberag_llm_fallbacks", "Answers given extractively because the LLM failed "

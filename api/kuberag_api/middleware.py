@@ -22,7 +22,17 @@ from kuberag_api.rate_limit import RateLimiter, client_key, user_id_of
 access_log = logging.getLogger("kuberag.access")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-QUERY_PATHS = frozenset({"/query", "/query/stream"})
+QUERY_PATHS = frozenset({"/query", "/query/stream", "/v1/chat/completions"})
+CLIENT_KEY_STATE = "client_key"
+
+
+def client_key_of(request: Request) -> str:
+    """The limiter key of the request's client (set by the rate-limit middleware)."""
+    key = request.scope.get("state", {}).get(CLIENT_KEY_STATE)
+    if key is None:
+        client = request.client
+        key = "ip:" + (client.host if client else "unknown")
+    return key
 # Probes, metrics and the OpenAPI document are never limited.
 UNLIMITED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
@@ -129,6 +139,8 @@ class RateLimitMiddleware(ASGIMiddleware):
         api_key = _header(scope, b"x-api-key") if cfg.key_source in ("auto", "apiKey") else None
         client = scope.get("client")
         key = client_key(cfg.key_source, user_id, api_key, client[0] if client else None)
+        # The token limiter (on a computed answer) charges the same client.
+        scope.setdefault("state", {})[CLIENT_KEY_STATE] = key
         decision = await self.limiter.check(key)
         if decision is None:
             await next_app(scope, receive, send)

@@ -24,6 +24,7 @@ from litestar.response import Stream
 
 from kuberag_api.cache.entry import CachedSource
 from kuberag_api.log_format import request_id_var
+from kuberag_api.middleware import client_key_of
 from kuberag_api.rag import GenerationError
 from kuberag_api.rag.generation import REWRITE_PROMPT
 from kuberag_api.schemas import QUESTION_MAX_CHARS
@@ -228,22 +229,31 @@ class OpenAIController(Controller):
         rid = request_id_var.get() or ""
         cid = f"chatcmpl-{rid}"
         created = int(time.time())
+        client = client_key_of(request)
         if not data.stream:
-            outcome = await query_service.answer(question, lookup=lookup, store=store)
+            outcome = await query_service.answer(question, lookup=lookup, store=store, client=client)
             query_service.metrics.observe_query(outcome.cache_level, (time.perf_counter() - started) * 1000)
             body = ChatCompletion(
                 id=cid, object="chat.completion", created=created, model=name,
                 choices=[Choice(0, AssistantMessage("assistant", outcome.entry.answer), "stop")],
                 usage=_usage(outcome), kuberag=_extension(outcome, question, history_use, sources=True),
             )
-            return Response(body)
+            return Response(body, headers=outcome.tokens.headers() if outcome.tokens else None)
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
         metrics = query_service.metrics
+        # The first event comes before the response starts: a refused token reservation is a 429.
+        events = query_service.stream(question, lookup=lookup, store=store, client=client)
+        first = await anext(events)
+
+        async def replay():
+            yield first
+            async for event in events:
+                yield event
 
         async def chunks() -> AsyncIterator[bytes]:
             token = request_id_var.set(rid)
             try:
-                async for kind, payload in query_service.stream(question, lookup=lookup, store=store):
+                async for kind, payload in replay():
                     if kind == "sources":
                         yield _chunk(cid, created, name, {"role": "assistant", "content": ""},
                                      kuberag={"sources": msgspec.to_builtins(list(payload)), "question": question,

@@ -159,6 +159,7 @@ class SharedRateLimiter:
 
 class _Identity(msgspec.Struct):
     user_id: str | None = None
+    user: str | None = None  # OpenAI's field (POST /v1/chat/completions), treated like user_id
 
 
 _identity_decoder = msgspec.json.Decoder(_Identity)
@@ -169,9 +170,10 @@ def user_id_of(body: bytes) -> str | None:
     if not body:
         return None
     try:
-        uid = _identity_decoder.decode(body).user_id
+        decoded = _identity_decoder.decode(body)
     except msgspec.DecodeError:
         return None
+    uid = decoded.user_id or decoded.user
     return uid or None
 
 

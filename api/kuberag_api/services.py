@@ -28,6 +28,7 @@ from kuberag_api.rag import (
     RagEngine,
 )
 from kuberag_api.single_flight import SingleFlight
+from kuberag_api.token_limit import Reservation, TokenDecision, TokenLimiter
 
 log = logging.getLogger("kuberag.query")
 T = TypeVar("T")
@@ -103,6 +104,18 @@ class QueryOutcome:
     similarity: float | None
     degraded: bool
     usage: LLMUsage | None = None
+    tokens: TokenDecision | None = None
+    """The client's token-limit decision when this answer reserved LLM tokens (for its headers)."""
+
+
+class TokenLimitExceeded(Exception):
+    """The client's token budget cannot cover this answer's reservation (a 429)."""
+
+    def __init__(self, decision: TokenDecision, needed: int) -> None:
+        super().__init__(f"token limit exceeded: {decision.per_minute} tokens per minute with a burst of "
+                         f"{decision.limit} per client; this answer reserves about {needed} tokens")
+        self.decision = decision
+        self.needed = needed
 
 
 def _sources(passages) -> tuple[CachedSource, ...]:
@@ -125,8 +138,9 @@ def _doc_ids(passages, answer: str) -> tuple[str, ...]:
 
 class QueryService:
     def __init__(self, slot: EngineSlot, generator: Generator, cache: AnswerCache, metrics: Metrics,
-                 executor: ThreadPoolExecutor) -> None:
+                 executor: ThreadPoolExecutor, tokens: TokenLimiter | None = None) -> None:
         self.slot = slot
+        self.tokens = tokens
         self.generator = generator
         self.fallback = ExtractiveGenerator()
         self.cache = cache
@@ -199,6 +213,28 @@ class QueryService:
         if getattr(self.generator, "breaker", None) is not None:
             self.metrics.llm_breaker_open.set(0)
 
+    async def _reserve(self, client: str | None, question: str, passages
+                       ) -> tuple[TokenDecision | None, Reservation | None]:
+        """Reserve this answer's worst-case LLM tokens against the client's budget, or raise."""
+        limiter = self.tokens
+        estimate = getattr(self.generator, "reservation", None)
+        if limiter is None or estimate is None or client is None or not limiter.enabled:
+            return None, None
+        needed = estimate(question, passages)
+        if needed <= 0:
+            return None, None
+        decision, reservation = await limiter.reserve(client, needed)
+        if not decision.allowed:
+            self.metrics.token_limited.inc()
+            self.metrics.summary.rate_limited += 1
+            raise TokenLimitExceeded(decision, needed)
+        return decision, reservation
+
+    async def _settle(self, reservation: Reservation | None, usage: LLMUsage | None, degraded: bool) -> None:
+        if reservation is not None and self.tokens is not None:
+            used = 0 if degraded else (usage.total_tokens if usage is not None and usage.total_tokens else None)
+            await self.tokens.settle(reservation, used)
+
     async def _generate(self, question: str, passages) -> tuple[str, str, LLMUsage | None, bool]:
         started = time.perf_counter()
         try:
@@ -217,7 +253,10 @@ class QueryService:
         return g.text, g.model, usage, degraded
 
     # --- answering ------------------------------------------------------------------------------
-    async def answer(self, question: str, *, lookup: bool = True, store: bool = True) -> QueryOutcome:
+    async def answer(self, question: str, *, lookup: bool = True, store: bool = True,
+                     client: str | None = None) -> QueryOutcome:
+        """The answer, from a cache or computed; ``client`` (the verified identity's limiter key)
+        is charged the LLM tokens the computation reserves."""
         engine = self.slot.require()
         norm = normalise_question(question)
         scope = self._scope(engine)
@@ -227,17 +266,17 @@ class QueryService:
             if hit is not None:
                 return QueryOutcome(hit[0], hit[1], None, self.degraded(), self.no_usage())
         if not lookup:
-            return await self._compute(engine, question, norm, key, scope, lookup, store)
+            return await self._compute(engine, question, norm, key, scope, lookup, store, client)
         outcome, shared = await self.flight.run(
             key + ("s" if store else "n"),
-            lambda: self._compute(engine, question, norm, key, scope, lookup, store),
+            lambda: self._compute(engine, question, norm, key, scope, lookup, store, client),
         )
         if shared:
             self.metrics.single_flight_shared.inc()
         return outcome
 
     async def _compute(self, engine: RagEngine, question: str, norm: str, key: str, scope: str,
-                       lookup: bool, store: bool) -> QueryOutcome:
+                       lookup: bool, store: bool, client: str | None = None) -> QueryOutcome:
         vector = await self._cpu("embed", engine.embedder.embed_query, question)
         if lookup:
             started = time.perf_counter()
@@ -249,16 +288,22 @@ class QueryService:
                     self.cache.l1.set(key, entry)
                 return QueryOutcome(entry, "l3", similarity, self.degraded(), self.no_usage())
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
-        text, model, usage, llm_degraded = await self._generate(question, passages)
+        decision, reservation = await self._reserve(client, question, passages)
+        try:
+            text, model, usage, llm_degraded = await self._generate(question, passages)
+        except BaseException:
+            await self._settle(reservation, None, True)
+            raise
+        await self._settle(reservation, usage, llm_degraded)
         entry = CachedAnswer(text, _sources(passages), model, question, time.time(), _doc_ids(passages, text),
                              usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
         # A fallback answer is never stored: it must not be replayed later as the LLM's answer.
         if store and not llm_degraded:
             self.cache.put(key, scope, entry, vector, norm)
         log.info("answered", extra={"question": truncate(question), "passages": len(passages), "model": model})
-        return QueryOutcome(entry, None, None, llm_degraded or self.degraded(), usage)
+        return QueryOutcome(entry, None, None, llm_degraded or self.degraded(), usage, decision)
 
-    async def stream(self, question: str, *, lookup: bool = True, store: bool = True
+    async def stream(self, question: str, *, lookup: bool = True, store: bool = True, client: str | None = None
                      ) -> AsyncIterator[tuple[str, Any]]:
         """Events: ("sources", tuple[CachedSource]), ("delta", str)..., ("done", QueryOutcome)."""
         engine = self.slot.require()
@@ -284,37 +329,46 @@ class QueryService:
         if vector is None:
             vector = await self._cpu("embed", engine.embedder.embed_query, question)
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
+        # Before the first event: a refused reservation is a 429, not a broken stream.
+        decision, reservation = await self._reserve(client, question, passages)
         sources = _sources(passages)
         yield "sources", sources
         parts: list[str] = []
         degraded = False
         started = time.perf_counter()
         reported: dict = {}
+        settled = False
         try:
-            async for delta in self.generator.stream(question, passages, reported):
+            try:
+                async for delta in self.generator.stream(question, passages, reported):
+                    parts.append(delta)
+                    yield "delta", delta
+                self._llm_ok()
+            except GenerationError as exc:
+                self.record_llm_failure(exc)
+                degraded = True
+                # The extractive answer follows whatever part of the model's answer was already sent.
+                text = (await self.fallback.generate(question, passages)).text
+                delta = f"\n\n{text}" if parts else text
                 parts.append(delta)
                 yield "delta", delta
-            self._llm_ok()
-        except GenerationError as exc:
-            self.record_llm_failure(exc)
-            degraded = True
-            # The extractive answer follows whatever part of the model's answer was already sent.
-            text = (await self.fallback.generate(question, passages)).text
-            delta = f"\n\n{text}" if parts else text
-            parts.append(delta)
-            yield "delta", delta
+            finally:
+                self.metrics.observe_stage("generate", time.perf_counter() - started)
+            text = "".join(parts)
+            usage = self.no_usage()
+            if reported:
+                usage = self.account(reported["model"], reported.get("prompt_tokens") or 0,
+                                     reported.get("completion_tokens") or 0)
+            await self._settle(reservation, usage if reported else None, degraded)
+            settled = True
         finally:
-            self.metrics.observe_stage("generate", time.perf_counter() - started)
-        text = "".join(parts)
-        usage = self.no_usage()
-        if reported:
-            usage = self.account(reported["model"], reported.get("prompt_tokens") or 0,
-                                 reported.get("completion_tokens") or 0)
+            if not settled:  # the client went away mid-stream: keep what the reservation says was used
+                await self._settle(reservation, None, False)
         entry = CachedAnswer(text, sources, self.generator.name, question, time.time(), _doc_ids(passages, text),
                              usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
         if store and not degraded:
             self.cache.put(key, scope, entry, vector, norm)
-        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded(), usage)
+        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded(), usage, decision)
 
 
 class DocumentService:

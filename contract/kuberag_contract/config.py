@@ -41,6 +41,10 @@ class RateLimit(_Struct):
     # Optional limit over all clients of this pod (the operator divides a service-wide total).
     total_requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
     enabled: bool = True
+    # LLM tokens per client (prompt + completion), reserved before each LLM call and settled with
+    # the real usage after; None: no token limit. tokenBurst (default: tokensPerMinute) is the bucket.
+    tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
+    token_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
 
 
 class L1Cache(_Struct):

@@ -65,6 +65,7 @@ from kuberag_contract.config import (
     L1Cache,
     L2Cache,
     L3Cache,
+    LLMEndpoint,
     Providers,
     RateLimit,
     Retrieval,
@@ -131,6 +132,14 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
         e = spec.get(key)
         return None if e is None else Endpoint(url=e["url"], model=e.get("model"))
 
+    def llm() -> LLMEndpoint | None:
+        e = spec.get("llm")
+        if e is None:
+            return None
+        fields = {k: v for k, v in e.items() if k not in ("apiKeySecretRef", "timeouts", "prices")}
+        return msgspec.convert({**fields, "timeouts": e.get("timeouts") or {}, "prices": e.get("prices") or {}},
+                               LLMEndpoint)
+
     try:
         built = ApiConfig(
             rate_limit=RateLimit(
@@ -140,6 +149,8 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
                 key_source=rl["keySource"],
                 scope=rl["scope"],
                 total_requests_per_minute=per_pod_total(rl.get("totalRequestsPerMinute"), replicas),
+                tokens_per_minute=rl.get("tokensPerMinute"),
+                token_burst=rl.get("tokenBurst"),
             ),
             cache=Cache(
                 l1=L1Cache(max_entries=cache["l1"]["maxEntries"], ttl_seconds=cache["l1"]["ttlSeconds"]),
@@ -148,10 +159,11 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
                            ttl_seconds=cache["l3"]["ttlSeconds"],
                            threshold=None if cache["l3"].get("threshold") is None else float(cache["l3"]["threshold"])),
             ),
-            providers=Providers(llm=endpoint("llm"), embeddings=endpoint("embeddings"),
+            providers=Providers(llm=llm(), embeddings=endpoint("embeddings"),
                                 vector_store=endpoint("vectorStore")),
             corpus=Corpus(path=CORPUS_DIR if spec.get("corpus") else None),
-            retrieval=Retrieval(top_k=ret["topK"], chunk_size=ret["chunkSize"], chunk_overlap=ret["chunkOverlap"]),
+            retrieval=Retrieval(top_k=ret["topK"], chunk_size=ret["chunkSize"], chunk_overlap=ret["chunkOverlap"],
+                                embedding_model=ret.get("embeddingModel", Retrieval().embedding_model)),
         )
         # Constructors skip msgspec's constraints; a round trip validates exactly as the API will.
         return msgspec.convert(msgspec.to_builtins(built), ApiConfig)

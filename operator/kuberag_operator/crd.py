@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from kuberag_contract import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from kuberag_contract.config import L1Cache, L2Cache, L3Cache, RateLimit, Retrieval
+from kuberag_contract.config import (
+    EmbeddingModel,
+    L1Cache,
+    L2Cache,
+    L3Cache,
+    LLMEndpoint,
+    RateLimit,
+    Retrieval,
+)
 
 from kuberag_operator.names import name_rules
 
@@ -27,6 +35,7 @@ DEFAULT_SECRET_KEY = "apiKey"
 _RATE = RateLimit()
 _L1, _L2, _L3 = L1Cache(), L2Cache(), L3Cache()
 _RETRIEVAL = Retrieval()
+_LLM = LLMEndpoint(url="")
 
 
 def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, fmt: str = "int32",
@@ -139,6 +148,47 @@ def _endpoint(what: str) -> dict:
     )
 
 
+def _number(minimum: float, maximum: float, description: str, *, exclusive_minimum: bool = False) -> dict:
+    s: dict[str, Any] = {"type": "number", "minimum": minimum, "maximum": maximum, "description": description}
+    if exclusive_minimum:
+        s["exclusiveMinimum"] = True
+    return s
+
+
+def _llm_endpoint() -> dict:
+    """The chat endpoint and how the API survives it (timeouts, retries, breaker, context budget, prices)."""
+    schema = _endpoint("OpenAI-compatible chat endpoint")
+    schema["properties"].update({
+        "maxTokens": _int(1, 131_072, _LLM.max_tokens, description="Completion tokens asked for (and reserved "
+                                                                   "against token limits)."),
+        "contextTokens": _int(256, 10_000_000, _LLM.context_tokens, description=(
+            "The model's context window: passages that do not fit are dropped, lowest ranked first.")),
+        "maxRetries": _int(0, 10, _LLM.max_retries, description="Retries on 429, 5xx, timeouts and connection "
+                                                                "errors (Retry-After honoured)."),
+        "breakerFailures": _int(1, 1000, _LLM.breaker_failures, description="Consecutive failed calls that open "
+                                                                             "the circuit breaker."),
+        "breakerResetSeconds": _number(0, 3600, "How long the breaker stays open.", exclusive_minimum=True),
+        "timeouts": _obj({
+            "connectSeconds": _number(0, 60, "Connect timeout.", exclusive_minimum=True),
+            "firstTokenSeconds": _number(0, 600, "Until the first token (between tokens when streaming).",
+                                         exclusive_minimum=True),
+            "totalSeconds": _number(0, 1800, "One answer, retries and backoff included.", exclusive_minimum=True),
+        }),
+        "prices": {
+            "type": "object", "maxProperties": 64,
+            "description": "Price per 1,000 tokens by model name (the response's model, else the configured one), "
+                           "for the estimated cost counters.",
+            "additionalProperties": _obj({
+                "promptPer1k": _number(0, 1000, "Price of 1,000 prompt tokens."),
+                "completionPer1k": _number(0, 1000, "Price of 1,000 completion tokens."),
+            }),
+            "x-kubernetes-validations": [{"rule": "self.all(k, size(k) <= 253)",
+                                          "message": "spec.llm.prices: model names are at most 253 characters"}],
+        },
+    })
+    return schema
+
+
 def _materialize_defaults(schema: dict) -> dict:
     """Expand each ``default: {}`` into the object its nested defaults make.
 
@@ -192,6 +242,11 @@ def _spec_schema() -> dict:
                     "totalRequestsPerMinute": _int(1, 100_000_000, description=(
                         "Optional service-wide limit over all clients; the operator divides it by the current "
                         "replica count (rounding up, at least 1) into each pod's config.")),
+                    "tokensPerMinute": _int(1, 1_000_000_000, description=(
+                        "LLM tokens (prompt + completion) per client per minute, reserved before each LLM call "
+                        "and settled with the real usage; unset: no token limit.")),
+                    "tokenBurst": _int(1, 1_000_000_000, description="Token-bucket size per client (default: "
+                                                                     "tokensPerMinute)."),
                     "redis": _obj(
                         {
                             "url": _str("redis:// (or rediss://) URL of the shared limiter Redis.", max_length=2048,
@@ -265,13 +320,17 @@ def _spec_schema() -> dict:
                     "topK": _int(1, 50, _RETRIEVAL.top_k),
                     "chunkSize": _int(100, 8000, _RETRIEVAL.chunk_size),
                     "chunkOverlap": _int(0, 4000, _RETRIEVAL.chunk_overlap),
+                    "embeddingModel": {"type": "string", "enum": list(get_args(EmbeddingModel)),
+                                       "default": _RETRIEVAL.embedding_model,
+                                       "description": "The local embedding model (when spec.embeddings is unset); "
+                                                      "a change re-embeds the index."},
                 },
                 default={},
                 rules=[{"rule": "self.chunkOverlap < self.chunkSize",
                         "message": "spec.retrieval.chunkOverlap must be smaller than spec.retrieval.chunkSize",
                         "fieldPath": ".chunkOverlap"}],
             ),
-            "llm": _endpoint("OpenAI-compatible chat endpoint"),
+            "llm": _llm_endpoint(),
             "embeddings": _endpoint("OpenAI-compatible embeddings endpoint"),
             "vectorStore": _endpoint("shared vector store (Weaviate)"),
             "adminKeySecretRef": _secret_key_ref("Secret holding the admin API key (X-API-Key) of DELETE /cache and ingestion."),

@@ -107,3 +107,71 @@ async def test_tokens_and_cost_are_counted_by_model_and_reported(tmp_path, engin
         assert 'kuberag_llm_estimated_cost_total{model="tiny-model-2026"}' in text
         hit = (await client.post("/query", json=QUESTION)).json()
         assert hit["cache_level"] == "l1" and hit["usage"]["total_tokens"] == 0
+
+
+def token_config(url: str, per_minute: int, burst: int) -> str:
+    return (
+        f"rateLimit: {{requestsPerMinute: 100000, burst: 100000, tokensPerMinute: {per_minute}, tokenBurst: {burst}}}\n"
+        "providers:\n"
+        f"  llm: {{url: '{url}', model: tiny-model, maxTokens: 400, maxRetries: 0}}\n"
+    )
+
+
+def reservation_of(app, engine, question: str) -> int:
+    return app.state.query_service.generator.reservation(question, engine.retrieve(question))
+
+
+async def test_token_limits_reserve_settle_and_refuse_with_the_token_policy(tmp_path, engine, standin):
+    live = LiveConfig(parse_config(token_config(standin.url, 60, 10**6)))
+    app = create_app(app_settings(tmp_path), engine=engine, live=live, serve_metrics=False)
+    q1, q2, q3 = ("Which port does the Redis sidecar listen on?", "How many requests per minute may a client send?",
+                  "What does the operator create for a RagService?")
+    needed = max(reservation_of(app, engine, q) for q in (q1, q2, q3))
+    burst = int(needed * 1.5)  # one reservation fits, two do not unless the first is settled
+    live.apply(parse_config(token_config(standin.url, 60, burst)), "tokens-1")  # live reload
+    async with AsyncTestClient(app) as client:
+        first = await client.post("/query", json={"question": q1, "user_id": "alice"})
+        assert first.status_code == 200, first.text
+        assert first.headers["x-ratelimit-limit-tokens"] == str(burst)
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) <= burst - reservation_of(app, engine, q1)
+        assert first.headers["ratelimit-policy"].startswith('"tokens";q=60;w=60')
+        used = first.json()["usage"]["total_tokens"]
+        assert 0 < used < reservation_of(app, engine, q1)
+        # Settled: the unused part came back, so a second reservation fits.
+        second = await client.post("/query", json={"question": q2, "user_id": "alice"})
+        assert second.status_code == 200, second.text
+        # Now the bucket is short of a third reservation: 429 naming the token policy.
+        third = await client.post("/query", json={"question": q3, "user_id": "alice"})
+        assert third.status_code == 429, third.text
+        problem = third.json()
+        assert problem["policy"] == "tokens" and "token limit exceeded" in problem["detail"]
+        assert int(third.headers["retry-after"]) >= 1 and "x-ratelimit-remaining-tokens" in third.headers
+        # A cache hit spends no tokens and is never refused for them.
+        again = await client.post("/query", json={"question": q1, "user_id": "alice"})
+        assert again.status_code == 200 and again.json()["cache_level"] == "l1"
+        # The streamed routes are refused before their stream starts.
+        streamed = await client.post("/query/stream", json={"question": q3, "user_id": "alice"})
+        assert streamed.status_code == 429
+        front = await client.post("/v1/chat/completions", json={
+            "model": "local", "messages": [{"role": "user", "content": q3}], "user": "alice"})
+        assert front.status_code == 429 and front.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "kuberag_token_limited_requests_total 3.0" in scrape(app)
+        # A call larger than the whole bucket is refused for good, without a Retry-After.
+        live.apply(parse_config(token_config(standin.url, 60, 10)), "tokens-2")
+        too_big = await client.post("/query", json={"question": q3 + " (again)", "user_id": "bob"})
+        assert too_big.status_code == 429 and "retry-after" not in too_big.headers
+        assert "no wait lets it through" in too_big.json()["detail"]
+
+
+async def test_a_failed_llm_call_gives_its_reservation_back(tmp_path, engine, standin):
+    live = LiveConfig(parse_config(token_config(standin.url, 60, 10**6)))
+    app = create_app(app_settings(tmp_path), engine=engine, live=live, serve_metrics=False)
+    q1, q2 = "Which port does the Redis sidecar listen on?", "How many requests per minute may a client send?"
+    burst = int(max(reservation_of(app, engine, q) for q in (q1, q2)) * 1.2)
+    live.apply(parse_config(token_config(standin.url, 60, burst)), "tokens-1")
+    async with AsyncTestClient(app) as client:
+        standin.fail(("500", 0))
+        failed = (await client.post("/query", json={"question": q1, "user_id": "carol"})).json()
+        assert failed["degraded"] is True
+        ok = await client.post("/query", json={"question": q2, "user_id": "carol"})
+        assert ok.status_code == 200 and ok.json()["degraded"] is False

@@ -266,6 +266,12 @@ BAD_SPECS = [
     ({"corpus": {"configMap": {"name": ""}}}, "spec.corpus.configMap.name"),
     ({"corpus": {"volume": {}}}, "spec.corpus.volume"),
     ({"corpus": {"volume": {"persistentVolumeClaim": {"claimName": "a"}, "emptyDir": {}}}}, "spec.corpus.volume"),
+    ({"rateLimit": {"tokensPerMinute": 0}}, "spec.rateLimit.tokensPerMinute"),
+    ({"retrieval": {"embeddingModel": "bert-base"}}, "spec.retrieval.embeddingModel"),
+    ({"llm": {"url": "http://llm/v1", "maxRetries": 50}}, "spec.llm.maxRetries"),
+    ({"llm": {"url": "http://llm/v1", "timeouts": {"totalSeconds": 0}}}, "spec.llm.timeouts.totalSeconds"),
+    ({"llm": {"url": "http://llm/v1", "prices": {"m" * 300: {"promptPer1k": 1}}}},
+     "spec.llm.prices: model names are at most 253 characters"),
 ]
 
 

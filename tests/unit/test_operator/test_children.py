@@ -243,3 +243,22 @@ def test_ownership_problem_adopts_only_what_this_ragservice_controls_or_orphaned
     assert ownership_problem(_existing(managers=["kubectl-create"]), "web", "u1") == (
         "Service web-metrics already exists and was not created by the kuberag operator for this RagService "
         "(written by kubectl-create)")
+
+
+def test_llm_resilience_token_limits_and_embedding_model_reach_the_api_config():
+    spec = defaulted_spec({
+        "llm": {"url": "http://vllm:8000/v1", "model": "qwen", "maxTokens": 256, "contextTokens": 4096,
+                "maxRetries": 3, "timeouts": {"firstTokenSeconds": 10},
+                "prices": {"qwen": {"promptPer1k": 0.1, "completionPer1k": 0.2}},
+                "apiKeySecretRef": {"name": "llm-key"}},
+        "rateLimit": {"tokensPerMinute": 20000, "tokenBurst": 40000},
+        "retrieval": {"embeddingModel": "all-MiniLM-L6-v2"},
+    })
+    config = api_config(spec, replicas=1)
+    llm = config.providers.llm
+    assert (llm.max_tokens, llm.context_tokens, llm.max_retries) == (256, 4096, 3)
+    assert llm.timeouts.first_token_seconds == 10 and llm.timeouts.total_seconds == 60
+    assert llm.prices["qwen"].completion_per_1k == 0.2
+    assert (config.rate_limit.tokens_per_minute, config.rate_limit.token_burst) == (20000, 40000)
+    assert config.retrieval.embedding_model == "all-MiniLM-L6-v2"
+    assert defaulted_spec({})["retrieval"]["embeddingModel"] == "multilingual-e5-small"
