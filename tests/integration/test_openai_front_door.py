@@ -38,6 +38,7 @@ def served(tmp_path_factory, standin):
     config.write_text(
         "apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
         f"corpus: {{path: {corpus}}}\n"
+        "rateLimit: {requestsPerMinute: 100000, burst: 100000}\n"
         "providers:\n"
         f"  llm: {{url: '{standin.url}', model: tiny-model, maxRetries: 0, breakerFailures: 1000,\n"
         "         prices: {tiny-model-2026: {promptPer1k: 0.5, completionPer1k: 1.5}}}\n"
