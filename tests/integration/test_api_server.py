@@ -7,15 +7,13 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fixtures.api_app import write_corpus
+from tests.fixtures.api_process import start_serve, stop_serve
 from tests.fixtures.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,31 +32,11 @@ def server(tmp_path: Path, redis_server):
            "KUBERAG_CONFIG": str(config), "KUBERAG_ADMIN_API_KEY": SECRET, "KUBERAG_HOST": "127.0.0.1",
            "KUBERAG_ACCESS_LOG": "all"}
     log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    proc = start_serve(env, port, log_path)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    ready = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                ready = True
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"kuberag serve did not become ready: {log_path.read_text()[-3000:]}")
     yield {"base": base, "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "proc": proc, "log": log_path,
            "config": config}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_serve(proc)
 
 
 def test_serves_queries_metrics_and_logs(server):

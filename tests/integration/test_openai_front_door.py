@@ -5,16 +5,13 @@ from here; see tests/fixtures/openai_standin.py)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import openai
 import pytest
 
 from tests.fixtures.api_app import write_corpus
+from tests.fixtures.api_process import start_serve, stop_serve
 from tests.fixtures.openai_standin import ANSWER_EN, ANSWER_ES, OpenAIStandIn
 from tests.fixtures.redis_server import free_port
 
@@ -48,30 +45,12 @@ def served(tmp_path_factory, standin):
            "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp / "data"), "KUBERAG_CONFIG": str(config),
            "KUBERAG_HOST": "127.0.0.1", "KUBERAG_SERVICE_NAME": SERVICE, "KUBERAG_LLM_API_KEY": "upstream-key"}
     log_path = tmp / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    # Loads the embedding model and indexes the corpus first.
+    proc = start_serve(env, port, log_path, ready_within=180)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180  # loads the embedding model and indexes the corpus
-    ready = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                ready = True
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    if not ready:
-        proc.kill()
-        pytest.fail(f"kuberag serve did not become ready: {log_path.read_text()[-3000:]}")
     yield {"base": base, "client": openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0),
            "log": log_path}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_serve(proc)
 
 
 def test_the_service_is_a_model(served):
