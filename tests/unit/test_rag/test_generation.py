@@ -61,3 +61,26 @@ async def test_the_not_found_answer_follows_the_question_language():
     assert spanish.text == NOT_FOUND_ANSWER_ES
     assert not_found_answer("Que es la capital de Francia y donde esta") == NOT_FOUND_ANSWER_ES
     assert not_found_answer("What is the capital of France?") == NOT_FOUND_ANSWER
+
+
+async def test_the_extractive_answer_quotes_in_the_passages_language_and_says_so():
+    generator = ExtractiveGenerator()
+    spanish = await generator.generate("¿Dónde está el nivel de caché de Redis?", PASSAGES)
+    assert spanish.text.startswith("(Citas de los documentos, en inglés.) ")
+    assert "The L2 level is a Redis sidecar on localhost. [1]" in spanish.text  # quoted as written
+    english = await generator.generate("Where is the Redis cache level?", PASSAGES)
+    assert not english.text.startswith("(")
+    es_passages = [passage(1, "df.md", "df muestra el espacio libre de cada sistema de archivos montado. "
+                                       "Por defecto, el espacio en disco se muestra en bloques de 1K.", 0.9)]
+    quoted = await generator.generate("How do I see the free disk space?", es_passages)
+    assert quoted.text.startswith("(Quoted from the documents, in Spanish.) ") and "[1]" in quoted.text
+    same = await generator.generate("¿Cómo veo el espacio libre del disco?", es_passages)
+    assert not same.text.startswith("(")
+
+
+def test_language_of_tells_spanish_from_english():
+    from kuberag_api.rag.generation import language_of
+
+    assert language_of("¿Cómo creo un entorno virtual?") == "es"
+    assert language_of("Como creo un entorno virtual para mi proyecto") == "es"
+    assert language_of("How do I create a virtual environment?") == "en"
