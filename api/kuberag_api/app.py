@@ -191,7 +191,7 @@ def create_app(
                                     on_retry=lambda reason: metrics.llm_retries.labels(reason).inc())
     query_service = QueryService(slot, generator, cache, metrics, executor, TokenLimiter(live, shared))
     document_service = DocumentService(slot, metrics, executor)
-    readiness = ReadinessProbe(slot, cache, limiter, live, metrics)
+    readiness = ReadinessProbe(slot, cache, limiter, live, metrics, generator)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -21,7 +21,8 @@ class ReadinessProbe:
     move its load onto the others."""
 
     def __init__(self, slot: EngineSlot, cache: AnswerCache, limiter: RateLimiter, live: LiveConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, generator=None) -> None:
+        self.generator = generator
         self.slot = slot
         self.cache = cache
         self.limiter = limiter
@@ -33,7 +34,7 @@ class ReadinessProbe:
         engine = self.slot.engine
         if self.slot.ready and engine is not None:
             index = {"status": "ready", "documents": engine.document_count, "chunks": engine.chunk_count,
-                     "corpus_version": engine.corpus_version}
+                     "corpus_version": engine.corpus_version, "embedder": engine.embedder.name}
         else:
             status = f"failed: {self.slot.error}" if self.slot.error else "loading"
             index = {"status": status}
@@ -60,9 +61,19 @@ class ReadinessProbe:
             "redis": redis,
             "limiter": self.limiter.state,
             "config": config,
+            "llm": self._llm(),
             "cache": {"epoch": self.cache.epoch, "l1_entries": len(self.cache.l1), "l3_entries": len(self.cache.l3)},
         }
         return Readiness(status="not ready" if reasons else "ready", reasons=reasons, checks=checks)
+
+    def _llm(self) -> dict:
+        """The LLM's breaker (not a readiness reason: with it open, answers are extractive, degraded)."""
+        breaker = getattr(self.generator, "breaker", None)
+        if breaker is None:
+            return {"status": "none configured: extractive answers"}
+        state = breaker.state
+        return {"model": getattr(self.generator, "model", None),
+                "status": "up" if state == "closed" else f"circuit {state}: answers are extractive (degraded)"}
 
     def update_gauges(self) -> None:
         m = self.metrics

@@ -80,6 +80,9 @@ async def test_an_open_breaker_answers_extractively_without_calling(tmp_path, en
         text = scrape(app)
         assert 'kuberag_llm_fallbacks_total{reason="circuit_open"} 1.0' in text
         assert "kuberag_llm_circuit_open 1.0" in text
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200  # still ready: it answers, extractively
+        assert ready.json()["checks"]["llm"]["status"].startswith("circuit open")
 
 
 async def test_a_stream_cut_mid_answer_ends_with_the_extractive_answer_and_is_not_cached(tmp_path, engine, standin):
