@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from kuberag_api.rag import RagEngine, load_default_embedder
 from kuberag_api.rag.embedding import LOCAL_MODELS, Embedder
-from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, rrf_fusion
+from kuberag_api.rag.fusion import linear_fusion, rrf_fusion
 from kuberag_api.rag.generation import RELEVANCE_FLOOR
 from kuberag_contract.config import Retrieval
 
@@ -33,7 +33,7 @@ CORPUS = DATA / "pydoc"
 CORPORA = (DATA / "pydoc", DATA / "manpages-es")
 QUESTIONS = DATA / "questions.json"
 CACHE = Path(__file__).resolve().parent.parent / ".bench-cache"
-WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 1.0)
 K = 5
 
 
@@ -166,11 +166,11 @@ def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
         "dim": embedder.dim,
         "corpus": {"documents": engine.document_count, "chunks": engine.chunk_count,
                    "open_or_build_seconds": round(build_seconds, 2)},
-        "default_dense_weight": DEFAULT_DENSE_WEIGHT,
+        "default_dense_weight": engine.dense_weight,
         **evaluate(engine),
         "ingestion": ingestion_speed(embedder),
     }
-    default = result["methods"][f"linear@{DEFAULT_DENSE_WEIGHT}"]
+    default = result["methods"][f"linear@{engine.dense_weight}"]
     for key in ("recall@5", "mrr", "recall@5_en", "recall@5_es", "mrr_en", "mrr_es"):
         result[key] = default[key]
     engine.close()

@@ -62,8 +62,8 @@ class L3Cache(_Struct):
     max_entries: NonNegativeInt = 10_000
     ttl_seconds: PositiveInt = 3600
     # Cosine similarity of question embeddings; higher is stricter. Unset: the embedding model's
-    # calibrated default (all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.97: its cosines run
-    # higher, so 0.95 would match antonyms such as enable/disable).
+    # calibrated default (all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.96: measured on antonym
+    # and near-duplicate question pairs, see the README).
     threshold: Threshold | None = None
 
 

@@ -279,7 +279,7 @@ def _spec_schema() -> dict:
                             "threshold": {"type": "number",
                                           "description": "Cosine similarity of question embeddings, in (0,1]; higher is "
                                                          "stricter. Unset: the embedding model's calibrated default "
-                                                         "(all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.97)."},
+                                                         "(all-MiniLM-L6-v2 0.95, multilingual-e5-small 0.96)."},
                         },
                         default={},
                         rules=[{"rule": "!has(self.threshold) || (self.threshold > 0.0 && self.threshold <= 1.0)",

