@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.kind import KIND_CLUSTER
 from tests.fixtures.realnode import REPO, build_images
 
 
@@ -48,6 +49,7 @@ def image_config(layout: Path) -> dict:
     return json.loads((layout / "blobs" / "sha256" / config_digest).read_text())["config"]
 
 
+@pytest.mark.skipif(bool(KIND_CLUSTER), reason="kind runs the Dockerfile's own image")
 @pytest.mark.skipif(os.geteuid() != 0, reason="building the local image needs root (debootstrap, chroot)")
 def test_local_image_matches_the_dockerfile() -> None:
     docker = dockerfile_final_stage()

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.e2e.cluster import client_pod, run_client
+from tests.e2e.kind import KIND_CLUSTER
 from tests.fixtures.controlplane import ControlPlane
 from tests.fixtures.realnode import NODE_IP, NODE_NAME, RealNode
 
@@ -23,6 +26,7 @@ print(json.dumps({"address": addr, "gitVersion": version["gitVersion"], "default
 """
 
 
+@pytest.mark.skipif(bool(KIND_CLUSTER), reason="checks the real node of `make e2e`, not kind")
 def test_node_registered_with_its_ip_and_only_real_nodes(real_node: RealNode, control_plane: ControlPlane) -> None:
     nodes = json.loads(control_plane.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     assert [n["metadata"]["name"] for n in nodes] == [NODE_NAME]
@@ -32,6 +36,7 @@ def test_node_registered_with_its_ip_and_only_real_nodes(real_node: RealNode, co
     assert [a["ip"] for a in endpoints["subsets"][0]["addresses"]] == [NODE_IP]
 
 
+@pytest.mark.skipif(bool(KIND_CLUSTER), reason="checks the real node of `make e2e`, not kind")
 def test_pod_reaches_api_server_by_service_name_without_default_route(
     real_node: RealNode, control_plane: ControlPlane
 ) -> None:
@@ -40,6 +45,7 @@ def test_pod_reaches_api_server_by_service_name_without_default_route(
     assert result == {"address": "172.20.0.1", "gitVersion": control_plane.tools.kubernetes_version, "default_route": False}
 
 
+@pytest.mark.skipif(bool(KIND_CLUSTER), reason="checks the real node of `make e2e`, not kind")
 def test_image_pull_never_leaves_the_machine(real_node: RealNode, control_plane: ControlPlane) -> None:
     control_plane.apply(client_pod("registry.invalid/nothing:1", "default", "remote-image", ["true"]))
     deadline = time.monotonic() + 60
