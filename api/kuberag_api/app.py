@@ -27,10 +27,11 @@ from kuberag_api.cache.redis_tier import RedisCache, connect
 from kuberag_api.cache.tiers import AnswerCache
 from kuberag_api.circuit_breaker import CircuitBreaker
 from kuberag_api.controllers import AdminController, HealthController, QueryController
-from kuberag_api.live_config import LiveConfig
+from kuberag_api.identity import ClientKeyStore, IdentityResolver
+from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.middleware import RateLimitMiddleware, RequestContextMiddleware
+from kuberag_api.middleware import IdentityMiddleware, RequestContextMiddleware
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
@@ -124,6 +125,7 @@ def create_app(
     generator: Generator | None = None,
     embedder=None,
     live: LiveConfig | None = None,
+    client_keys: ClientKeyStore | None = None,
     serve_metrics: bool = True,
     background_interval: float = 2.0,
 ) -> Litestar:
@@ -131,6 +133,7 @@ def create_app(
     the bench); without ``engine`` the index is opened in the background at start."""
     settings = settings or Settings.from_env()
     live = live or LiveConfig.from_file(settings.storage.config_path)
+    keys = client_keys or ClientKeyStore.from_file(settings.storage.client_keys_path, settings.admin.api_key)
     if live.config.providers.vector_store is not None:
         # Refuse rather than ignore it: replicas that each index on their own would disagree.
         raise ConfigError(
@@ -159,6 +162,8 @@ def create_app(
         )
     cache = AnswerCache(live, l2)
     limiter = RateLimiter(live, shared)
+    resolver = IdentityResolver(keys, live)
+    metrics.client_keys.set(len(keys))
     # CPU work (embedding, search, ingestion) runs here, off the event loop: cache hits never wait
     # behind a cold query. Two threads = the two cores; numpy/onnxruntime release the GIL.
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kuberag-cpu")
@@ -168,7 +173,7 @@ def create_app(
         generator = build_generator(cfg.providers, settings.providers.llm_api_key)
     query_service = QueryService(slot, generator, cache, metrics, executor)
     document_service = DocumentService(slot, metrics, executor)
-    readiness = ReadinessProbe(slot, cache, limiter, live, metrics)
+    readiness = ReadinessProbe(slot, cache, limiter, live, metrics, keys)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -185,9 +190,11 @@ def create_app(
             tasks.append(asyncio.create_task(slot.open(
                 executor, settings.storage.data_dir, cfg.retrieval, cfg.corpus.path, embedder_)))
         await cache.start()
-        if live.path is not None:
-            tasks.append(asyncio.create_task(live.watch(settings.storage.config_poll_seconds,
-                                                        on_error=metrics.config_reload_errors.inc)))
+        watched = [(live, metrics.config_reload_errors.inc)] if live.path is not None else []
+        if keys.path is not None:
+            watched.append((keys, metrics.client_keys_reload_errors.inc))
+        if watched:
+            tasks.append(asyncio.create_task(watch_files(settings.storage.config_poll_seconds, watched)))
         tasks.append(asyncio.create_task(readiness.run(background_interval)))
         try:
             yield
@@ -208,7 +215,7 @@ def create_app(
     state = State({
         "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
         "slot": slot, "query_service": query_service, "document_service": document_service,
-        "readiness": readiness, "executor": executor,
+        "readiness": readiness, "executor": executor, "client_keys": keys,
     })
 
     def _from_state(name: str) -> Provide:
@@ -227,7 +234,7 @@ def create_app(
             "readiness": _from_state("readiness"),
         },
         middleware=[RequestContextMiddleware(metrics, settings.server.access_log),
-                    RateLimitMiddleware(limiter, metrics)],
+                    IdentityMiddleware(resolver, limiter, metrics)],
         # The plugin renders ProblemDetailsException; other HTTP errors get our handler, which
         # can see the request (to name the field, the limit, and add the request id).
         plugins=[ProblemDetailsPlugin()],

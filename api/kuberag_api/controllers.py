@@ -25,6 +25,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from kuberag_api import __version__
 from kuberag_api.cache.entry import CachedAnswer
+from kuberag_api.identity import identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.schemas import (
@@ -62,6 +63,10 @@ def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if not given:
         raise NotAuthorizedException("missing X-API-Key header: this route needs the admin API key")
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        identity = identity_of(connection)
+        if identity is not None and identity.verified:
+            raise PermissionDeniedException(
+                f"{identity.label} is not an administrator: this route needs the admin API key")
         raise NotAuthorizedException("invalid X-API-Key: it does not match the admin API key")
 
 
@@ -166,6 +171,7 @@ class QueryController(Controller):
 class AdminController(Controller):
     tags = ["admin"]
     guards = [require_admin]
+    opt = {"admin": True}
     security = [{"adminApiKey": []}]
 
     @delete("/cache", operation_id="ClearCache", status_code=200,

@@ -1,4 +1,4 @@
-"""ASGI middlewares: request context (id, metrics, access log) and the per-client rate limit."""
+"""ASGI middlewares: request context (id, metrics, access log), the caller's identity and its rate limit."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from kuberag_api.identity import STATE_KEY as IDENTITY_STATE_KEY
+from kuberag_api.identity import ClientIdentity, IdentityResolver, UnknownClientKey
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.rate_limit import RateLimiter, client_key, user_id_of
+from kuberag_api.rate_limit import RateLimiter, user_id_of
 
 access_log = logging.getLogger("kuberag.access")
 
@@ -97,10 +99,14 @@ class RequestContextMiddleware(ASGIMiddleware):
             request_id_var.reset(token)
 
 
-class RateLimitMiddleware(ASGIMiddleware):
+class IdentityMiddleware(ASGIMiddleware):
+    """Resolves the caller's ``ClientIdentity`` (401 for a key the server does not know), leaves it
+    for the handlers (``identity_of``), then applies the caller's rate limit."""
+
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(self, resolver: IdentityResolver, limiter: RateLimiter, metrics: Metrics) -> None:
+        self.resolver = resolver
         self.limiter = limiter
         self.metrics = metrics
 
@@ -110,12 +116,28 @@ class RateLimitMiddleware(ASGIMiddleware):
         return path in UNLIMITED_PATHS or path.startswith("/schema")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        try:
+            identity = self.resolver.resolve(scope)
+        except UnknownClientKey:
+            handler = scope.get("route_handler")
+            if handler is not None and handler.opt.get("admin"):
+                # The admin guard judges admin keys (and says whether admin routes are enabled);
+                # meanwhile the caller is limited by its IP, so guessing costs its budget.
+                identity = ClientIdentity(ip=self.resolver.client_ip_of(scope))
+            else:
+                self.metrics.errors.labels("unknown_client_key").inc()
+                await send_problem(send, 401, "Unauthorized",
+                                   "unknown API key: the key in X-API-Key (or Authorization: Bearer) is not one of "
+                                   "this service's client keys; send a valid key, or none to be limited by IP address",
+                                   {"WWW-Authenticate": 'Bearer realm="kuberag"'})
+                return
+        scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
         cfg = self.limiter.live.config.rate_limit
         if not cfg.enabled:
             await next_app(scope, receive, send)
             return
         user_id = None
-        if cfg.key_source in ("auto", "userId") and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
+        if cfg.per_user is not None and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
             # Litestar keeps the body in the connection state: the handler reads it again from there.
             request: Request = Request(scope, receive)
             try:
@@ -126,23 +148,20 @@ class RateLimitMiddleware(ASGIMiddleware):
                                    f"the request body is larger than this route accepts ({limit} bytes)")
                 return
             user_id = user_id_of(body)
-        api_key = _header(scope, b"x-api-key") if cfg.key_source in ("auto", "apiKey") else None
-        client = scope.get("client")
-        key = client_key(cfg.key_source, user_id, api_key, client[0] if client else None)
-        decision = await self.limiter.check(key)
+        decision = await self.limiter.check(identity, user_id)
         if decision is None:
             await next_app(scope, receive, send)
             return
         if decision.degraded:
             self.metrics.limiter_fallbacks.inc()
-            scope.setdefault("state", {})["limiter_degraded"] = True
+            scope["state"]["limiter_degraded"] = True
         if not decision.allowed:
             self.metrics.observe_rate_limited(decision.scope)
             headers = decision.headers()
             await send_problem(
                 send, 429, "Too Many Requests",
-                f"rate limit exceeded: {cfg.requests_per_minute} requests per minute with a burst of "
-                f"{cfg.burst} per client; retry after {headers['Retry-After']} s",
+                f"rate limit exceeded for {decision.subject}: {decision.requests_per_minute} requests per minute "
+                f"with a burst of {decision.limit}; retry after {headers['Retry-After']} s",
                 headers, limit=decision.limit, retry_after_seconds=int(headers["Retry-After"]),
             )
             return

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from kuberag_api.cache.tiers import AnswerCache
+from kuberag_api.identity import ClientKeyStore
 from kuberag_api.live_config import LiveConfig
 from kuberag_api.metrics import Metrics
 from kuberag_api.rate_limit import RateLimiter
@@ -21,7 +22,8 @@ class ReadinessProbe:
     move its load onto the others."""
 
     def __init__(self, slot: EngineSlot, cache: AnswerCache, limiter: RateLimiter, live: LiveConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, client_keys: ClientKeyStore | None = None) -> None:
+        self.client_keys = client_keys or ClientKeyStore()
         self.slot = slot
         self.cache = cache
         self.limiter = limiter
@@ -60,6 +62,7 @@ class ReadinessProbe:
             "redis": redis,
             "limiter": self.limiter.state,
             "config": config,
+            "client_keys": self.client_keys.state,
             "cache": {"epoch": self.cache.epoch, "l1_entries": len(self.cache.l1), "l3_entries": len(self.cache.l3)},
         }
         return Readiness(status="not ready" if reasons else "ready", reasons=reasons, checks=checks)
@@ -75,6 +78,7 @@ class ReadinessProbe:
         m.limiter_degraded.set(1 if degraded else 0)
         if self.limiter.shared is not None:
             m.dependency_up.labels("limiter_redis").set(0 if self.limiter.shared.breaker.state != "closed" else 1)
+        m.client_keys.set(len(self.client_keys))
         m.cache_entries.labels("l1").set(len(self.cache.l1))
         m.cache_entries.labels("l3").set(len(self.cache.l3))
         engine = self.slot.engine

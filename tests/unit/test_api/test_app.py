@@ -247,13 +247,13 @@ async def test_rate_limit_headers_and_429(make_client):
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1 and r.headers["ratelimit-remaining"] == "0"
         assert "rate limit" in r.json()["detail"]
-        # another user_id has its own bucket; probes are never limited
-        assert (await c.post("/query", json={**q, "user_id": "bob"})).status_code == 200
+        # another user_id is the same caller (its IP): no new budget; probes are never limited
+        assert (await c.post("/query", json={**q, "user_id": "bob"})).status_code == 429
         for _ in range(5):
             assert (await c.get("/healthz")).status_code == 200
             assert (await c.get("/readyz")).status_code == 200
             assert (await c.get("/metrics")).status_code == 200
-        assert (await c.get("/metrics")).json()["rate_limited"] == 1
+        assert (await c.get("/metrics")).json()["rate_limited"] == 2
 
 
 async def test_stream_of_a_cached_answer(client):
