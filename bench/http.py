@@ -30,17 +30,27 @@ import time
 from pathlib import Path
 
 import httpx
+from kuberag_contract.config import ApiConfig, Cache, L1Cache, L2Cache, L3Cache, RateLimit, render_config
 
 from bench.corpora import build_index, index_info, sample_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench-cache"
 
-LIMITS = "rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n"
+
+
+def _config(l1_entries: int = 10_000, l2: bool = True, l3: bool = True, threshold: float = 0.95) -> str:
+    # Complete files, as the operator writes them: a file that leaves out a setting is refused.
+    return render_config(ApiConfig(
+        rate_limit=RateLimit(requests_per_minute=1_000_000, burst=1_000_000),
+        cache=Cache(l1=L1Cache(max_entries=l1_entries), l2=L2Cache(enabled=l2),
+                    l3=L3Cache(enabled=l3, threshold=threshold))))
+
+
 CONFIGS = {
-    "default": LIMITS,
-    "l2_only": LIMITS + "cache: {l1: {maxEntries: 0}, l3: {enabled: false}}\n",
-    "l3_only": LIMITS + "cache: {l1: {maxEntries: 0}, l2: {enabled: false}, l3: {threshold: 0.9}}\n",
+    "default": _config(),
+    "l2_only": _config(l1_entries=0, l3=False),
+    "l3_only": _config(l1_entries=0, l2=False, threshold=0.9),
 }
 L3_BASE = "How do I read a text file line by line?"
 L3_PARAPHRASES = [
