@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kuberag_contract.config import ApiConfig, ClientKeys, ConfigError, Limit, parse_client_keys, parse_network
+from kuberag_contract.config import (
+    ApiConfig,
+    ClientKeys,
+    ConfigError,
+    Limit,
+    parse_client_keys,
+    parse_network,
+)
 
 from kuberag_api.live_config import LiveConfig, WatchedFile
 

@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from kuberag_contract.config import RateLimit as RateLimitConfig
+from redis.exceptions import RedisError
 
 from kuberag_api.cache.redis_tier import close_quietly
 from kuberag_api.circuit_breaker import CircuitBreaker
