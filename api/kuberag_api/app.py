@@ -34,6 +34,7 @@ from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import IdentityMiddleware, RequestContextMiddleware
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
+from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
 from kuberag_api.settings import Settings
 from kuberag_api.status import ReadinessProbe
@@ -68,7 +69,8 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
             extra["errors"] = errors
     elif "multipart" in detail.lower():
         detail = f"{detail}: upload the document as multipart/form-data with a field named 'file'"
-    elif exc.status_code == 400 and request.content_type[0] == "application/json" and "json" not in detail.lower():
+    elif (exc.status_code == 400 and not isinstance(exc, BodyError) and request.content_type[0] == "application/json"
+          and "json" not in detail.lower()):
         detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):
         extra.update(exc.extra)
@@ -255,6 +257,7 @@ def create_app(
             }),
         ),
         request_max_body_size=DEFAULT_MAX_BODY,
+        request_class=KuberagRequest,
         debug=False,
         logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
     )

@@ -238,7 +238,7 @@ def user_id_of(body: bytes) -> str | None:
         return None
     try:
         uid = _user_id_decoder.decode(body).user_id
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return uid[:200] if uid else None
 
