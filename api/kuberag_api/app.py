@@ -33,6 +33,7 @@ from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import IdentityMiddleware, RequestContextMiddleware
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
+from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
 from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService
@@ -111,6 +112,11 @@ def _bad_document(_: Request, exc: DocumentError) -> Response:
     return _problem(422, "Unprocessable Content", str(exc), errors=[{"field": "file", "message": str(exc)}])
 
 
+def _parser_stopped(_: Request, exc: ParserStopped) -> Response:
+    return _problem(503, "Service Unavailable", f"the document was not indexed: {exc}; send it again",
+                    headers={"Retry-After": "5"})
+
+
 def _internal_error(request: Request, exc: Exception) -> Response:
     # Logged with its trace; the client gets a problem without internals.
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
@@ -169,12 +175,15 @@ def create_app(
     # CPU work (embedding, search, ingestion) runs here, off the event loop: cache hits never wait
     # behind a cold query. Two threads = the two cores; numpy/onnxruntime release the GIL.
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kuberag-cpu")
+    # Ingestion (chunking, embedding uploads) has its own thread: it never takes a query's thread.
+    ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kuberag-ingest")
+    parser = ParserProcess()
     slot = EngineSlot(engine)
     cfg = live.config
     if generator is None:
         generator = build_generator(cfg.providers, settings.providers.llm_api_key)
     query_service = QueryService(slot, generator, cache, metrics, executor)
-    document_service = DocumentService(slot, metrics, executor)
+    document_service = DocumentService(slot, metrics, ingest_executor, parser)
     readiness = ReadinessProbe(slot, cache, limiter, live, metrics, keys)
 
     @asynccontextmanager
@@ -212,7 +221,9 @@ def create_app(
             if shared is not None:
                 await shared.close()
             metrics.stop()
+            parser.stop()
             executor.shutdown(wait=False, cancel_futures=True)
+            ingest_executor.shutdown(wait=False, cancel_futures=True)
 
     state = State({
         "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
@@ -246,6 +257,7 @@ def create_app(
             RequestEntityTooLarge: _too_large,
             UnsupportedDocument: _unsupported,
             DocumentError: _bad_document,
+            ParserStopped: _parser_stopped,
             Exception: _internal_error,
         },
         lifespan=[lifespan],

@@ -28,6 +28,8 @@ from kuberag_api.cache.entry import CachedAnswer
 from kuberag_api.identity import identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
+from kuberag_api.rag.engine import normalise_upload_name
+from kuberag_api.request_bodies import parse_multipart_upload
 from kuberag_api.schemas import (
     CacheCleared,
     Deleted,
@@ -181,7 +183,8 @@ class AdminController(Controller):
         return CacheCleared(epoch=epoch, cleared=cleared)
 
     @post("/documents", operation_id="IngestDocument", status_code=201, request_max_body_size=UPLOAD_MAX_BODY,
-          summary="Upload one document (txt, md, html or pdf) as multipart field 'file'")
+          summary="Upload one document (txt, md, html or pdf) as multipart field 'file'",
+          before_request=parse_multipart_upload)
     async def ingest(
         self,
         data: MultipartBody[dict[str, Any]],
@@ -194,8 +197,13 @@ class AdminController(Controller):
                 extra=[{"key": "file", "message": "required: a multipart file part named file, with a file name",
                         "source": "body"}],
             )
+        # The stored source is the file's base name: a path in the name (../../etc/passwd.txt) is dropped.
+        source = normalise_upload_name(upload.filename or "")
+        if not source or source in (".", ".."):
+            message = f"the file name {upload.filename!r} has no name part: send a file name such as notes.md"
+            raise ValidationException(message, extra=[{"key": "file", "message": message, "source": "body"}])
         content = await upload.read()
-        result = await document_service.ingest(upload.filename or "upload", content, upload.content_type or None)
+        result = await document_service.ingest(source, content, upload.content_type or None)
         engine = document_service.slot.require()
         out = IngestOut(result.doc_id, result.source, result.status, result.chunks, result.reason,
                         engine.corpus_version)

@@ -27,6 +27,8 @@ from kuberag_api.rag import (
     IngestResult,
     RagEngine,
 )
+from kuberag_api.rag.engine import check_source
+from kuberag_api.rag.parse_worker import ParserProcess
 from kuberag_api.single_flight import SingleFlight
 
 log = logging.getLogger("kuberag.query")
@@ -258,10 +260,16 @@ class QueryService:
 
 
 class DocumentService:
-    def __init__(self, slot: EngineSlot, metrics: Metrics, executor: ThreadPoolExecutor) -> None:
+    """Ingestion and deletion. Uploads are parsed in the parser process (bounded in time and memory,
+    stoppable) and chunked and embedded on ``executor``, the ingestion thread: never on the threads
+    that serve queries."""
+
+    def __init__(self, slot: EngineSlot, metrics: Metrics, executor: ThreadPoolExecutor,
+                 parser: ParserProcess | None = None) -> None:
         self.slot = slot
         self.metrics = metrics
         self.executor = executor
+        self.parser = parser
 
     def refresh_gauges(self) -> None:
         engine = self.slot.engine
@@ -273,8 +281,12 @@ class DocumentService:
         engine = self.slot.require()
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, engine.ingest, source, data, content_type)
-        except DocumentError:  # includes UnsupportedDocument; the controller maps it to 415/422
+            parsed = None
+            if self.parser is not None and not engine.is_unchanged(source, data):
+                check_source(source)  # before the parser gets it
+                parsed = await loop.run_in_executor(self.executor, self.parser.parse, source, data, content_type)
+            result = await loop.run_in_executor(self.executor, engine.ingest, source, data, content_type, parsed)
+        except DocumentError:  # includes UnsupportedDocument, DocumentTooComplex: the app maps them to 415/422
             self.metrics.documents_ingested.labels("refused").inc()
             raise
         self.metrics.documents_ingested.labels(result.status).inc()

@@ -313,6 +313,6 @@ async def test_body_that_is_not_an_object(client, kwargs, expected):
 
 async def test_upload_that_is_not_multipart_or_has_no_file_name(client):
     r = await client.post("/documents", json={"file": "x"}, headers=ADMIN)
-    assert r.status_code == 400 and "multipart/form-data" in r.json()["detail"]
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = await client.post("/documents", files={"file": ("", b"hello", "text/plain")}, headers=ADMIN)
     assert r.status_code == 400 and "file name" in r.json()["detail"]
