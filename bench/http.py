@@ -63,6 +63,10 @@ L3_PARAPHRASES = [
 ]
 
 
+# /readyz detail (the config hash the bench waits for) needs the admin key.
+ADMIN = {"X-API-Key": "bench-admin-key"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,7 +110,8 @@ class Server:
         env = {**os.environ, "KUBERAG_PORT": str(self.port), "KUBERAG_METRICS_PORT": str(self.metrics_port),
                "KUBERAG_HOST": "127.0.0.1", "KUBERAG_REDIS_URL": redis_url, "KUBERAG_DATA_DIR": str(index_dir),
                "KUBERAG_CONFIG": str(self.config), "KUBERAG_CONFIG_POLL_SECONDS": "0.2",
-               "KUBERAG_ACCESS_LOG": access_log, "KUBERAG_LOG_LEVEL": "WARNING"}
+               "KUBERAG_ACCESS_LOG": access_log, "KUBERAG_LOG_LEVEL": "WARNING",
+               "KUBERAG_ADMIN_API_KEY": ADMIN["X-API-Key"]}
         self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -127,10 +132,10 @@ class Server:
     def use_config(self, name: str) -> None:
         if self.config.read_text() == CONFIGS[name]:
             return
-        before = self.client.get("/readyz").json()["checks"]["config"]["hash"]
+        before = self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"]
         self.config.write_text(CONFIGS[name])
         deadline = time.monotonic() + 10
-        while self.client.get("/readyz").json()["checks"]["config"]["hash"] == before:
+        while self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"] == before:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: config {name} was not applied")
             time.sleep(0.05)

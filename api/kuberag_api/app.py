@@ -31,7 +31,7 @@ from kuberag_api.identity import ClientKeyStore, IdentityResolver
 from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.middleware import IdentityMiddleware, RequestContextMiddleware
+from kuberag_api.middleware import IdentityMiddleware, RequestContext
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
@@ -237,7 +237,7 @@ def create_app(
 
         return Provide(provider, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, QueryController, AdminController],
         state=state,
         dependencies={
@@ -246,8 +246,7 @@ def create_app(
             "metrics": _from_state("metrics"),
             "readiness": _from_state("readiness"),
         },
-        middleware=[RequestContextMiddleware(metrics, settings.server.access_log),
-                    IdentityMiddleware(resolver, limiter, metrics)],
+        middleware=[IdentityMiddleware(resolver, limiter, metrics)],
         # The plugin renders ProblemDetailsException; other HTTP errors get our handler, which
         # can see the request (to name the field, the limit, and add the request id).
         plugins=[ProblemDetailsPlugin()],
@@ -273,4 +272,7 @@ def create_app(
         debug=False,
         logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
     )
+    # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
+    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log)
+    return app
 

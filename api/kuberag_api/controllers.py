@@ -54,6 +54,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def is_admin(connection: ASGIConnection) -> bool:
+    """The request carries the admin key (constant-time compare); False when none is configured."""
+    expected: str | None = connection.app.state.settings.admin.api_key
+    given = connection.headers.get("x-api-key")
+    return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
+
+
 def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard of admin routes: X-API-Key must equal KUBERAG_ADMIN_API_KEY (constant-time compare)."""
     expected: str | None = connection.app.state.settings.admin.api_key
@@ -112,10 +119,11 @@ class HealthController(Controller):
     async def healthz(self) -> Liveness:
         return Liveness(status="ok")
 
-    @get("/readyz", operation_id="GetReadiness", summary="Readiness: 200 when the index is loaded, else 503",
+    @get("/readyz", operation_id="GetReadiness",
+         summary="Readiness: 200 when the index is loaded, else 503; every check with the admin key",
          responses={503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons")})
-    async def readyz(self, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
-        result = readiness.check()
+    async def readyz(self, request: Request, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
+        result = readiness.check(detail=is_admin(request))
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
     @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)")

@@ -59,16 +59,23 @@ def _route_label(scope: Scope) -> str:
     return getattr(handler, "opt", {}).get("route") or next(iter(handler.paths), "unmatched")
 
 
-class RequestContextMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+class RequestContext:
+    """The outermost ASGI layer: the request id (``X-Request-ID``, kept when it is safe, else new),
+    the request metrics and the access log, for every HTTP request, including the ones no route
+    matches (404, 405). (Litestar's middleware runs only after routing, for matched routes, so
+    this wraps the app's own ASGI handler instead: ``app.asgi_handler``.)"""
 
     SLOW_SECONDS = 0.25
 
-    def __init__(self, metrics: Metrics, access_log_mode: str) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str) -> None:
+        self.app = app
         self.metrics = metrics
         self.access_log_mode = access_log_mode
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         given = _header(scope, b"x-request-id")
         rid = given if given is not None and _REQUEST_ID_OK.match(given) else os.urandom(8).hex()
         token = request_id_var.set(rid)
@@ -84,7 +91,7 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            await next_app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)

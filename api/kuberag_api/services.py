@@ -173,7 +173,7 @@ class QueryService:
         scope = self._scope(engine)
         key = answer_key(norm, scope)
         if lookup:
-            hit = await self.cache.get(key, scope)
+            hit = await self.cache.get(key, scope, promote=store)
             if hit is not None:
                 return QueryOutcome(hit[0], hit[1], None, self.degraded())
         if not lookup:
@@ -196,7 +196,7 @@ class QueryService:
             if similar is not None:
                 entry, similarity = similar
                 if store:
-                    self.cache.l1.set(key, entry)
+                    self.cache.promote(key, entry)
                 return QueryOutcome(entry, "l3", similarity, self.degraded())
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
         text, model, prompt, completion, llm_degraded = await self._generate(question, passages)
@@ -216,7 +216,7 @@ class QueryService:
         key = answer_key(norm, scope)
         vector = None
         if lookup:
-            hit = await self.cache.get(key, scope)
+            hit = await self.cache.get(key, scope, promote=store)
             similarity = None
             if hit is None:
                 vector = await self._cpu("embed", engine.embedder.embed_query, question)
@@ -224,6 +224,8 @@ class QueryService:
                 if similar is not None:
                     hit = (similar[0], "l3")
                     similarity = similar[1]
+                    if store:
+                        self.cache.promote(key, similar[0])
             if hit is not None:
                 entry, level = hit
                 yield "sources", entry.sources

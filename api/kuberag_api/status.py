@@ -30,7 +30,10 @@ class ReadinessProbe:
         self.live = live
         self.metrics = metrics
 
-    def check(self) -> Readiness:
+    def check(self, detail: bool = True) -> Readiness:
+        """Readiness; ``detail`` (the admin key was given) adds every check and the error texts. A
+        probe needs only the status: without the key nobody learns file paths, Redis errors or
+        YAML messages quoting the config."""
         reasons: list[str] = []
         engine = self.slot.engine
         if self.slot.ready and engine is not None:
@@ -39,7 +42,9 @@ class ReadinessProbe:
         else:
             status = f"failed: {self.slot.error}" if self.slot.error else "loading"
             index = {"status": status}
-            reasons.append(f"index {status}")
+            reasons.append(f"index {status}" if detail else f"index {status.split(':', 1)[0]}")
+        if not detail:
+            return Readiness(status="not ready" if reasons else "ready", reasons=reasons)
         l2 = self.cache.l2
         if l2 is None:
             redis = {"status": "disabled (no KUBERAG_REDIS_URL): L1 and L3 only"}

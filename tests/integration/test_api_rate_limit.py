@@ -13,9 +13,11 @@ from kuberag_api.live_config import LiveConfig
 from kuberag_contract.config import parse_client_keys, parse_config
 from litestar.testing import AsyncTestClient
 
-from tests.fixtures.api_app import app_settings, client_keys_yaml, open_engine
+from tests.fixtures.api_app import ADMIN_KEY, app_settings, client_keys_yaml, open_engine
 
 pytestmark = pytest.mark.integration
+
+ADMIN = {"X-API-Key": ADMIN_KEY}
 
 # One request per minute refills: within the test only the burst counts, so the count is exact.
 PER_REPLICA = "rateLimit: {requestsPerMinute: 1, burst: 20}"
@@ -65,7 +67,7 @@ async def test_shared_limit_is_exact_across_two_pods(tmp_path, engine, redis_ser
         results = await asyncio.gather(fire(pod_a, 30, "carol"), fire(pod_b, 30, "carol"))
         codes = results[0] + results[1]
         assert codes.count(200) == 20 and codes.count(429) == 40
-        ready = (await pod_a.get("/readyz")).json()["checks"]["limiter"]
+        ready = (await pod_a.get("/readyz", headers=ADMIN)).json()["checks"]["limiter"]
         assert ready["scope"] == "shared" and ready["status"] == "ok"
 
 
@@ -78,7 +80,7 @@ async def test_shared_limiter_failure_is_visible_and_still_limits(tmp_path, engi
         assert codes.count(200) == 20 and codes.count(429) == 10
         r = await client.post("/query", json={"question": "How is green tea brewed?"}, headers=as_client("frank"))
         assert r.status_code == 200 and r.json()["degraded"] is True
-        limiter = (await client.get("/readyz")).json()["checks"]["limiter"]
+        limiter = (await client.get("/readyz", headers=ADMIN)).json()["checks"]["limiter"]
         assert limiter["status"].startswith("degraded")
         redis_server.start()
         for _ in range(100):
@@ -87,7 +89,7 @@ async def test_shared_limiter_failure_is_visible_and_still_limits(tmp_path, engi
                 break
             await asyncio.sleep(0.05)
         assert r.status_code == 200 and r.json()["degraded"] is False
-        assert (await client.get("/readyz")).json()["checks"]["limiter"]["status"] == "ok"
+        assert (await client.get("/readyz", headers=ADMIN)).json()["checks"]["limiter"]["status"] == "ok"
 
 
 async def test_shared_limit_with_per_user_buckets_is_exact_across_two_pods(tmp_path, engine, redis_server):
