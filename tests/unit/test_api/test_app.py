@@ -263,7 +263,7 @@ async def test_unsupported_upload_and_missing_file_field(client):
 
 
 async def test_rate_limit_headers_and_429(make_client):
-    async with make_client("rateLimit: {requestsPerMinute: 60, burst: 3}") as c:
+    async with make_client("rateLimit: {requestsPerMinute: 1, burst: 3}") as c:
         q = {"question": "How is green tea brewed?", "user_id": "alice"}
         seen = []
         for _ in range(3):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 CI_KEY = "ci-key-0123456789abcdef"
 BOT_KEY = "bot-key-0123456789abcdef"
 KEYS = client_keys_yaml(
-    {"name": "ci", "key": CI_KEY, "rateLimit": {"requestsPerMinute": 600, "burst": 5}},
+    {"name": "ci", "key": CI_KEY, "rateLimit": {"requestsPerMinute": 2, "burst": 5}},
     {"name": "bot", "keySha256": hashlib.sha256(BOT_KEY.encode()).hexdigest()},
 )
 
@@ -38,7 +38,7 @@ def test_known_keys_are_their_clients_with_their_limits():
     r = resolver()
     ci = r.resolve(scope({"X-API-Key": CI_KEY}))
     assert ci.client == "ci" and ci.verified and ci.ip == "10.0.0.7"
-    assert (ci.limit.requests_per_minute, ci.limit.burst) == (600, 5)
+    assert (ci.limit.requests_per_minute, ci.limit.burst) == (2, 5)
     bot = r.resolve(scope({"Authorization": f"Bearer {BOT_KEY}"}))  # keySha256, OpenAI-style header
     assert bot.client == "bot" and bot.limit is None
     admin = r.resolve(scope({"X-API-Key": ADMIN_KEY}))
@@ -141,7 +141,7 @@ async def test_verified_clients_have_their_own_budgets(make_client):
         codes = [(await c.post("/query", json=Q, headers=ci)).status_code for _ in range(6)]
         assert codes == [200] * 5 + [429]  # its own burst of 5
         r = await c.post("/query", json=Q, headers=ci)
-        assert "client 'ci'" in r.json()["detail"] and "600 requests per minute" in r.json()["detail"]
+        assert "client 'ci'" in r.json()["detail"] and "2 requests per minute" in r.json()["detail"]
         bot = {"Authorization": f"Bearer {BOT_KEY}"}  # the config's default limit
         assert [(await c.post("/query", json=Q, headers=bot)).status_code for _ in range(3)] == [200, 200, 429]
         # callers without a key share their IP's budget, apart from the clients'
