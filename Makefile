@@ -29,7 +29,7 @@ system-deps: ## Install Debian packages the tests and `make run` use (redis-serv
 	@bash hack/system-deps.sh
 
 .PHONY: tools
-tools: ## Build pinned kube-apiserver, controller-manager, scheduler, kwok, helm into $(KUBERAG_TOOLS_DIR)
+tools: ## Build pinned kube-apiserver, controller-manager, scheduler, kubectl, kubelet, kube-proxy, kwok, helm, containerd, CoreDNS into $(KUBERAG_TOOLS_DIR)
 	@bash hack/tools.sh
 
 ##@ Run
@@ -42,8 +42,10 @@ run: venv ## Serve the API on http://127.0.0.1:8000 over the bundled sample corp
 ##@ Test
 
 .PHONY: test
-test: venv system-deps tools ## Unit and integration tests (real redis-server, real kube-apiserver)
+test: venv system-deps tools ## Unit and integration tests (real redis-server, real kube-apiserver), then as root the end-to-end suite
 	@bash hack/pytest.sh $(PY) -m "unit or integration" $(PYTEST_ARGS)
+	@if [ "$$(id -u)" -eq 0 ]; then $(MAKE) --no-print-directory e2e; else \
+	  echo "make test: the end-to-end suite (tests/e2e, a real kubelet node) did NOT run: it needs root (containerd, kubelet, iptables); run 'sudo make e2e'"; fi
 
 .PHONY: test-unit
 test-unit: venv ## Unit tests only (no network, no external processes)
@@ -65,9 +67,18 @@ image: ## Build the kuberag image (API and operator; needs Docker)
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make image needs a running Docker engine" >&2; exit 1; }
 	docker build -t $(IMAGE) .
 
+.PHONY: image-local
+image-local: venv system-deps tools ## Build the kuberag, Redis, pause and CoreDNS images without Docker (root; cached in ~/.cache/kuberag/images)
+	@$(PY) hack/image_local.py
+
 .PHONY: e2e
-e2e: venv ## End-to-end on a kind cluster (needs Docker; not run in CI here)
-	@bash hack/pytest.sh $(PY) -m e2e tests/e2e $(PYTEST_ARGS)
+e2e: venv system-deps tools ## End-to-end suite on a real kubelet node started here (root; see README "End-to-end")
+	@[ "$$(id -u)" -eq 0 ] || { echo "make e2e needs root: it runs containerd, a kubelet and kube-proxy on this machine" >&2; exit 1; }
+	@bash hack/pytest.sh $(PY) -m e2e tests/e2e $(E2E_PYTEST_ARGS)
+
+.PHONY: e2e-kind
+e2e-kind: venv ## The same end-to-end suite on a kind cluster (needs Docker and kind; not run on this machine)
+	@bash hack/e2e-kind.sh $(PY)
 
 ##@ Operator
 

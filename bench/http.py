@@ -30,17 +30,27 @@ import time
 from pathlib import Path
 
 import httpx
+from kuberag_contract.config import ApiConfig, Cache, L1Cache, L2Cache, L3Cache, RateLimit, render_config
 
 from bench.corpora import build_index, index_info, sample_questions
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench-cache"
 
-LIMITS = "rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n"
+
+
+def _config(l1_entries: int = 10_000, l2: bool = True, l3: bool = True, threshold: float = 0.95) -> str:
+    # Complete files, as the operator writes them: a file that leaves out a setting is refused.
+    return render_config(ApiConfig(
+        rate_limit=RateLimit(requests_per_minute=1_000_000, burst=1_000_000),
+        cache=Cache(l1=L1Cache(max_entries=l1_entries), l2=L2Cache(enabled=l2),
+                    l3=L3Cache(enabled=l3, threshold=threshold))))
+
+
 CONFIGS = {
-    "default": LIMITS,
-    "l2_only": LIMITS + "cache: {l1: {maxEntries: 0}, l3: {enabled: false}}\n",
-    "l3_only": LIMITS + "cache: {l1: {maxEntries: 0}, l2: {enabled: false}, l3: {threshold: 0.9}}\n",
+    "default": _config(),
+    "l2_only": _config(l1_entries=0, l3=False),
+    "l3_only": _config(l1_entries=0, l2=False, threshold=0.9),
 }
 L3_BASE = "How do I read a text file line by line?"
 L3_PARAPHRASES = [
@@ -51,6 +61,10 @@ L3_PARAPHRASES = [
     "How should I read a text file line by line?",
     "How do I read text files line by line?",
 ]
+
+
+# /readyz detail (the config hash the bench waits for) needs the admin key.
+ADMIN = {"X-API-Key": "bench-admin-key"}
 
 
 def free_port() -> int:
@@ -96,7 +110,8 @@ class Server:
         env = {**os.environ, "KUBERAG_PORT": str(self.port), "KUBERAG_METRICS_PORT": str(self.metrics_port),
                "KUBERAG_HOST": "127.0.0.1", "KUBERAG_REDIS_URL": redis_url, "KUBERAG_DATA_DIR": str(index_dir),
                "KUBERAG_CONFIG": str(self.config), "KUBERAG_CONFIG_POLL_SECONDS": "0.2",
-               "KUBERAG_ACCESS_LOG": access_log, "KUBERAG_LOG_LEVEL": "WARNING"}
+               "KUBERAG_ACCESS_LOG": access_log, "KUBERAG_LOG_LEVEL": "WARNING",
+               "KUBERAG_ADMIN_API_KEY": ADMIN["X-API-Key"]}
         self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -117,10 +132,10 @@ class Server:
     def use_config(self, name: str) -> None:
         if self.config.read_text() == CONFIGS[name]:
             return
-        before = self.client.get("/readyz").json()["checks"]["config"]["hash"]
+        before = self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"]
         self.config.write_text(CONFIGS[name])
         deadline = time.monotonic() + 10
-        while self.client.get("/readyz").json()["checks"]["config"]["hash"] == before:
+        while self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"] == before:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: config {name} was not applied")
             time.sleep(0.05)

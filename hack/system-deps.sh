@@ -9,6 +9,9 @@ if [ "${1:-}" = "--optional" ]; then optional=1; shift; fi
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
   wanted=(redis-server:redis-server etcd:etcd-server prometheus:prometheus promtool:prometheus wrk:wrk openssl:openssl)
+  # The real node of the end-to-end suite and its images (make e2e, make image-local).
+  wanted+=(runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables umoci:umoci
+           debootstrap:debootstrap gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev)
 else
   wanted=("${wanted[@]/%/:}")
   for i in "${!wanted[@]}"; do w=${wanted[$i]%:}; wanted[$i]="$w:$w"; done

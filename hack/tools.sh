@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools the integration tests run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) from Go modules, and copies the
-# prometheus-operator CRDs, into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
+# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) and the real node's (kubelet,
+# kube-proxy, containerd v2, CoreDNS) from Go modules, and copies the prometheus-operator CRDs,
+# into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
 # Outputs are keyed by version, so a second run (or another clone) is a no-op.
 # KUBEBUILDER_ASSETS=DIR: take kube-apiserver and etcd from DIR instead of building/Debian.
 # Writes $TOOLS/paths.json (absolute binary paths) for tests/fixtures/controlplane.py.
@@ -10,6 +11,10 @@ set -euo pipefail
 K8S_VERSION=v1.35.4
 KWOK_VERSION=v0.7.0
 HELM_VERSION=v3.19.5
+# containerd v2 rather than Debian 12's 1.6: kubelet v1.35 is the last release that accepts
+# containerd 1.x (and 1.6 lacks the CRI RuntimeConfig call); v2 builds here in ~2 min once.
+CONTAINERD_VERSION=v2.2.9
+COREDNS_VERSION=v1.14.7
 PROM_OPERATOR_VERSION=v0.85.0
 
 TOOLS=${KUBERAG_TOOLS_DIR:-$HOME/.cache/kuberag/tools}
@@ -31,7 +36,7 @@ command -v go >/dev/null 2>&1 || die "go is not installed (need Go >= 1.25 for K
 
 # --- Kubernetes control plane -----------------------------------------------------------------
 build_kubernetes() {
-  local out=$TOOLS/kubernetes-$K8S_VERSION bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local out=$TOOLS/kubernetes-$K8S_VERSION bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local want=() b
   for b in "${bins[@]}"; do
     if [ "$b" = kube-apiserver ] && [ -n "${KUBEBUILDER_ASSETS:-}" ]; then continue; fi
@@ -62,7 +67,7 @@ build_kubernetes() {
     done
     echo ")"
   } >"$mod/go.mod"
-  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n\nfunc main() {}\n' >"$mod/tools.go"
+  printf 'package main\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubernetes/cmd/kubelet/app"\n\t_ "k8s.io/kubernetes/cmd/kube-proxy/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n\nfunc main() {}\n' >"$mod/tools.go"
   log "kubernetes $K8S_VERSION: resolving modules ($(grep -c '=>' "$mod/go.mod") staging replaces at $staging_version)"
   (cd "$mod" && go mod tidy) || die "go mod tidy failed for the kubernetes throwaway module ($mod/go.mod)"
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
@@ -92,6 +97,25 @@ go_install() { # name version package [extra ldflags]
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
   log "$name $version: built in $((SECONDS - start))s"
 }
+
+# containerd, its runc shim and ctr, one `go install` (same module and version); no_btrfs: no cgo.
+build_containerd() {
+  local out=$TOOLS/containerd-$CONTAINERD_VERSION mod=github.com/containerd/containerd/v2
+  if [ -x "$out/bin/containerd" ] && [ -x "$out/bin/containerd-shim-runc-v2" ] && [ -x "$out/bin/ctr" ]; then
+    log "containerd $CONTAINERD_VERSION: up to date in $out/bin"; return
+  fi
+  log "containerd $CONTAINERD_VERSION: go install containerd, containerd-shim-runc-v2, ctr"
+  local start=$SECONDS
+  mkdir -p "$out"
+  GOBIN="$out/bin.tmp" go install -trimpath -tags no_btrfs \
+    -ldflags "-s -w -X $mod/version.Version=$CONTAINERD_VERSION -X $mod/version.Package=$mod" \
+    "$mod/cmd/containerd@$CONTAINERD_VERSION" "$mod/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "$mod/cmd/ctr@$CONTAINERD_VERSION" || die "go install $mod/cmd/...@$CONTAINERD_VERSION failed (see above)"
+  rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  log "containerd $CONTAINERD_VERSION: built in $((SECONDS - start))s"
+}
+
+build_coredns() { go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
 
 # --- prometheus-operator CRDs (copied from the released module, never hand-written) ----------------
 copy_prometheus_crds() {
@@ -142,6 +166,12 @@ write_paths() {
   "kube-controller-manager": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-controller-manager",
   "kube-scheduler": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-scheduler",
   "kubectl": "$TOOLS/kubernetes-$K8S_VERSION/bin/kubectl",
+  "kubelet": "$TOOLS/kubernetes-$K8S_VERSION/bin/kubelet",
+  "kube-proxy": "$TOOLS/kubernetes-$K8S_VERSION/bin/kube-proxy",
+  "containerd": "$TOOLS/containerd-$CONTAINERD_VERSION/bin/containerd",
+  "containerd-shim-runc-v2": "$TOOLS/containerd-$CONTAINERD_VERSION/bin/containerd-shim-runc-v2",
+  "ctr": "$TOOLS/containerd-$CONTAINERD_VERSION/bin/ctr",
+  "coredns": "$TOOLS/coredns-$COREDNS_VERSION/bin/coredns",
   "kwok": "$TOOLS/kwok-$KWOK_VERSION/bin/kwok",
   "helm": "$TOOLS/helm-$HELM_VERSION/bin/helm",
   "prometheus_operator_crds": "$TOOLS/prometheus-operator-crds-$PROM_OPERATOR_VERSION"
@@ -159,13 +189,17 @@ main() {
       go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
       copy_prometheus_crds
       build_helm
+      build_containerd
+      build_coredns
       ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
     crds) copy_prometheus_crds ;;
     helm) build_helm ;;
+    containerd) build_containerd ;;
+    coredns) build_coredns ;;
     paths) ;;
-    *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|paths]" ;;
+    *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|containerd|coredns|paths]" ;;
   esac
   write_paths
 }

@@ -28,13 +28,16 @@ from kuberag_api.cache.redis_tier import RedisCache, connect
 from kuberag_api.cache.tiers import AnswerCache
 from kuberag_api.circuit_breaker import CircuitBreaker
 from kuberag_api.controllers import AdminController, HealthController, QueryController
-from kuberag_api.live_config import LiveConfig
+from kuberag_api.identity import ClientKeyStore, IdentityResolver
+from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.middleware import RateLimitMiddleware, RequestContextMiddleware
+from kuberag_api.middleware import IdentityMiddleware, RequestContext
 from kuberag_api.openai_compat import OpenAIController, openai_error
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
+from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
+from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService, TokenLimitExceeded
 from kuberag_api.settings import Settings
 from kuberag_api.status import ReadinessProbe
@@ -70,7 +73,8 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
             extra["errors"] = errors
     elif "multipart" in detail.lower():
         detail = f"{detail}: upload the document as multipart/form-data with a field named 'file'"
-    elif exc.status_code == 400 and request.content_type[0] == "application/json" and "json" not in detail.lower():
+    elif (exc.status_code == 400 and not isinstance(exc, BodyError) and request.content_type[0] == "application/json"
+          and "json" not in detail.lower()):
         detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):
         extra.update(exc.extra)
@@ -130,6 +134,11 @@ def _bad_document(_: Request, exc: DocumentError) -> Response:
     return _problem(422, "Unprocessable Content", str(exc), errors=[{"field": "file", "message": str(exc)}])
 
 
+def _parser_stopped(_: Request, exc: ParserStopped) -> Response:
+    return _problem(503, "Service Unavailable", f"the document was not indexed: {exc}; send it again",
+                    headers={"Retry-After": "5"})
+
+
 def _internal_error(request: Request, exc: Exception) -> Response:
     # Logged with its trace; the client gets a problem without internals.
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
@@ -146,6 +155,7 @@ def create_app(
     generator: Generator | None = None,
     embedder=None,
     live: LiveConfig | None = None,
+    client_keys: ClientKeyStore | None = None,
     serve_metrics: bool = True,
     background_interval: float = 2.0,
 ) -> Litestar:
@@ -153,6 +163,7 @@ def create_app(
     the bench); without ``engine`` the index is opened in the background at start."""
     settings = settings or Settings.from_env()
     live = live or LiveConfig.from_file(settings.storage.config_path)
+    keys = client_keys or ClientKeyStore.from_file(settings.storage.client_keys_path, settings.admin.api_key)
     if live.config.providers.vector_store is not None:
         # Refuse rather than ignore it: replicas that each index on their own would disagree.
         raise ConfigError(
@@ -181,17 +192,22 @@ def create_app(
         )
     cache = AnswerCache(live, l2)
     limiter = RateLimiter(live, shared)
+    resolver = IdentityResolver(keys, live)
+    metrics.client_keys.set(len(keys))
     # CPU work (embedding, search, ingestion) runs here, off the event loop: cache hits never wait
     # behind a cold query. Two threads = the two cores; numpy/onnxruntime release the GIL.
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kuberag-cpu")
+    # Ingestion (chunking, embedding uploads) has its own thread: it never takes a query's thread.
+    ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kuberag-ingest")
+    parser = ParserProcess()
     slot = EngineSlot(engine)
     cfg = live.config
     if generator is None:
         generator = build_generator(cfg.providers, settings.providers.llm_api_key,
                                     on_retry=lambda reason: metrics.llm_retries.labels(reason).inc())
     query_service = QueryService(slot, generator, cache, metrics, executor, TokenLimiter(live, shared))
-    document_service = DocumentService(slot, metrics, executor)
-    readiness = ReadinessProbe(slot, cache, limiter, live, metrics, generator)
+    document_service = DocumentService(slot, metrics, ingest_executor, parser)
+    readiness = ReadinessProbe(slot, cache, limiter, live, metrics, keys, generator)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -211,9 +227,11 @@ def create_app(
             tasks.append(asyncio.create_task(slot.open(
                 executor, settings.storage.data_dir, cfg.retrieval, cfg.corpus.path, embedder_)))
         await cache.start()
-        if live.path is not None:
-            tasks.append(asyncio.create_task(live.watch(settings.storage.config_poll_seconds,
-                                                        on_error=metrics.config_reload_errors.inc)))
+        watched = [(live, metrics.config_reload_errors.inc)] if live.path is not None else []
+        if keys.path is not None:
+            watched.append((keys, metrics.client_keys_reload_errors.inc))
+        if watched:
+            tasks.append(asyncio.create_task(watch_files(settings.storage.config_poll_seconds, watched)))
         tasks.append(asyncio.create_task(readiness.run(background_interval)))
         try:
             yield
@@ -229,12 +247,14 @@ def create_app(
             if shared is not None:
                 await shared.close()
             metrics.stop()
+            parser.stop()
             executor.shutdown(wait=False, cancel_futures=True)
+            ingest_executor.shutdown(wait=False, cancel_futures=True)
 
     state = State({
         "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
         "slot": slot, "query_service": query_service, "document_service": document_service,
-        "readiness": readiness, "executor": executor, "started_at": time.time(),
+        "readiness": readiness, "executor": executor, "client_keys": keys, "started_at": time.time(),
     })
 
     def _from_state(name: str) -> Provide:
@@ -243,7 +263,7 @@ def create_app(
 
         return Provide(provider, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, QueryController, OpenAIController, AdminController],
         state=state,
         dependencies={
@@ -252,8 +272,7 @@ def create_app(
             "metrics": _from_state("metrics"),
             "readiness": _from_state("readiness"),
         },
-        middleware=[RequestContextMiddleware(metrics, settings.server.access_log),
-                    RateLimitMiddleware(limiter, metrics)],
+        middleware=[IdentityMiddleware(resolver, limiter, metrics)],
         # The plugin renders ProblemDetailsException; other HTTP errors get our handler, which
         # can see the request (to name the field, the limit, and add the request id).
         plugins=[ProblemDetailsPlugin()],
@@ -264,6 +283,7 @@ def create_app(
             RequestEntityTooLarge: _too_large,
             UnsupportedDocument: _unsupported,
             DocumentError: _bad_document,
+            ParserStopped: _parser_stopped,
             Exception: _internal_error,
         },
         lifespan=[lifespan],
@@ -275,7 +295,11 @@ def create_app(
             }),
         ),
         request_max_body_size=DEFAULT_MAX_BODY,
+        request_class=KuberagRequest,
         debug=False,
         logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
     )
+    # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
+    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log)
+    return app
 

@@ -53,6 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # One worker per pod (scale with replicas); uvloop + httptools measured fastest here (README).
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, workers=1, loop="uvloop",
                 http="httptools", access_log=False, log_config=None, lifespan="on",
+                # The client address is resolved by kuberag_api.identity from rateLimit.trustedProxies
+                # (live config); uvicorn's rewrite would trust X-Forwarded-For from 127.0.0.1 always.
+                proxy_headers=False,
                 timeout_graceful_shutdown=10)
     return EXIT_OK
 

@@ -25,9 +25,12 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from kuberag_api import __version__
 from kuberag_api.cache.entry import CachedAnswer
+from kuberag_api.identity import identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import client_key_of
+from kuberag_api.rag.engine import normalise_upload_name
+from kuberag_api.request_bodies import parse_multipart_upload
 from kuberag_api.schemas import (
     CacheCleared,
     Deleted,
@@ -54,6 +57,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def is_admin(connection: ASGIConnection) -> bool:
+    """The request carries the admin key (constant-time compare); False when none is configured."""
+    expected: str | None = connection.app.state.settings.admin.api_key
+    given = connection.headers.get("x-api-key")
+    return bool(expected and given and hmac.compare_digest(given.encode(), expected.encode()))
+
+
 def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard of admin routes: X-API-Key must equal KUBERAG_ADMIN_API_KEY (constant-time compare)."""
     expected: str | None = connection.app.state.settings.admin.api_key
@@ -65,6 +75,10 @@ def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if not given:
         raise NotAuthorizedException("missing X-API-Key header: this route needs the admin API key")
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        identity = identity_of(connection)
+        if identity is not None and identity.verified:
+            raise PermissionDeniedException(
+                f"{identity.label} is not an administrator: this route needs the admin API key")
         raise NotAuthorizedException("invalid X-API-Key: it does not match the admin API key")
 
 
@@ -116,10 +130,11 @@ class HealthController(Controller):
     async def healthz(self) -> Liveness:
         return Liveness(status="ok")
 
-    @get("/readyz", operation_id="GetReadiness", summary="Readiness: 200 when the index is loaded, else 503",
+    @get("/readyz", operation_id="GetReadiness",
+         summary="Readiness: 200 when the index is loaded, else 503; every check with the admin key",
          responses={503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons")})
-    async def readyz(self, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
-        result = readiness.check()
+    async def readyz(self, request: Request, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
+        result = readiness.check(detail=is_admin(request))
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
     @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)")
@@ -187,6 +202,7 @@ class QueryController(Controller):
 class AdminController(Controller):
     tags = ["admin"]
     guards = [require_admin]
+    opt = {"admin": True}
     security = [{"adminApiKey": []}]
 
     @delete("/cache", operation_id="ClearCache", status_code=200,
@@ -196,7 +212,8 @@ class AdminController(Controller):
         return CacheCleared(epoch=epoch, cleared=cleared)
 
     @post("/documents", operation_id="IngestDocument", status_code=201, request_max_body_size=UPLOAD_MAX_BODY,
-          summary="Upload one document (txt, md, html or pdf) as multipart field 'file'")
+          summary="Upload one document (txt, md, html or pdf) as multipart field 'file'",
+          before_request=parse_multipart_upload)
     async def ingest(
         self,
         data: MultipartBody[dict[str, Any]],
@@ -209,8 +226,13 @@ class AdminController(Controller):
                 extra=[{"key": "file", "message": "required: a multipart file part named file, with a file name",
                         "source": "body"}],
             )
+        # The stored source is the file's base name: a path in the name (../../etc/passwd.txt) is dropped.
+        source = normalise_upload_name(upload.filename or "")
+        if not source or source in (".", ".."):
+            message = f"the file name {upload.filename!r} has no name part: send a file name such as notes.md"
+            raise ValidationException(message, extra=[{"key": "file", "message": message, "source": "body"}])
         content = await upload.read()
-        result = await document_service.ingest(upload.filename or "upload", content, upload.content_type or None)
+        result = await document_service.ingest(source, content, upload.content_type or None)
         engine = document_service.slot.require()
         out = IngestOut(result.doc_id, result.source, result.status, result.chunks, result.reason,
                         engine.corpus_version)

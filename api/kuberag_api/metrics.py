@@ -68,6 +68,11 @@ class Metrics:
             "kuberag_config_reload_errors", "Config files refused (the last good config stays)", registry=r
         )
         self.config_reloads = Counter("kuberag_config_reloads", "Config files applied after start", registry=r)
+        self.client_keys = Gauge("kuberag_client_keys", "Client keys the API knows (from the client-keys file)",
+                                 registry=r)
+        self.client_keys_reload_errors = Counter(
+            "kuberag_client_keys_reload_errors", "Client-keys files refused (the last good keys stay)", registry=r
+        )
         self.errors = Counter("kuberag_errors", "Errors by kind", ["kind"], registry=r)
         self.llm_tokens = Counter("kuberag_llm_tokens", "LLM tokens by model and kind (prompt, completion)",
                                   ["model", "kind"], registry=r)

@@ -1,4 +1,4 @@
-"""ASGI middlewares: request context (id, metrics, access log) and the per-client rate limit."""
+"""ASGI middlewares: request context (id, metrics, access log), the caller's identity and its rate limit."""
 
 from __future__ import annotations
 
@@ -15,24 +15,22 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from kuberag_api.identity import STATE_KEY as IDENTITY_STATE_KEY
+from kuberag_api.identity import ClientIdentity, IdentityResolver, UnknownClientKey, identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.rate_limit import RateLimiter, client_key, user_id_of
+from kuberag_api.rate_limit import RateLimiter, caller_bucket, user_id_of
 
 access_log = logging.getLogger("kuberag.access")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUERY_PATHS = frozenset({"/query", "/query/stream", "/v1/chat/completions"})
-CLIENT_KEY_STATE = "client_key"
 
 
 def client_key_of(request: Request) -> str:
-    """The limiter key of the request's client (set by the rate-limit middleware)."""
-    key = request.scope.get("state", {}).get(CLIENT_KEY_STATE)
-    if key is None:
-        client = request.client
-        key = "ip:" + (client.host if client else "unknown")
-    return key
+    """The limiter key of the request's verified caller (its token budget is charged there too)."""
+    identity = identity_of(request) or ClientIdentity(ip=request.client.host if request.client else "unknown")
+    return caller_bucket(identity, request.app.state.live.config.rate_limit).key
 # Probes, metrics and the OpenAPI document are never limited.
 UNLIMITED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
 
@@ -45,7 +43,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def send_problem(send: Send, status: int, title: str, detail: str, headers: dict[str, str] | None = None,
-                       **extra: Any) -> None:
+                       *, scope: Scope | None = None, **extra: Any) -> None:
     """An RFC 9457 problem sent straight from a middleware. (Raising would unwind through the
     request-context middleware before Litestar renders it, losing the status and request id.)"""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
@@ -53,6 +51,11 @@ async def send_problem(send: Send, status: int, title: str, detail: str, headers
     if rid:
         body["request_id"] = rid
     body.update(extra)
+    if scope is not None and scope["path"].startswith("/v1/"):
+        # OpenAI clients read the message from an "error" object.
+        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+        body["error"] = {"message": detail, "type": kind, "param": None,
+                         "code": "rate_limit_exceeded" if status == 429 else None}
     payload = msgspec.json.encode(body)
     raw_headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -67,16 +70,23 @@ def _route_label(scope: Scope) -> str:
     return getattr(handler, "opt", {}).get("route") or next(iter(handler.paths), "unmatched")
 
 
-class RequestContextMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
+class RequestContext:
+    """The outermost ASGI layer: the request id (``X-Request-ID``, kept when it is safe, else new),
+    the request metrics and the access log, for every HTTP request, including the ones no route
+    matches (404, 405). (Litestar's middleware runs only after routing, for matched routes, so
+    this wraps the app's own ASGI handler instead: ``app.asgi_handler``.)"""
 
     SLOW_SECONDS = 0.25
 
-    def __init__(self, metrics: Metrics, access_log_mode: str) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str) -> None:
+        self.app = app
         self.metrics = metrics
         self.access_log_mode = access_log_mode
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         given = _header(scope, b"x-request-id")
         rid = given if given is not None and _REQUEST_ID_OK.match(given) else os.urandom(8).hex()
         token = request_id_var.set(rid)
@@ -92,7 +102,7 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         try:
-            await next_app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
@@ -107,10 +117,14 @@ class RequestContextMiddleware(ASGIMiddleware):
             request_id_var.reset(token)
 
 
-class RateLimitMiddleware(ASGIMiddleware):
+class IdentityMiddleware(ASGIMiddleware):
+    """Resolves the caller's ``ClientIdentity`` (401 for a key the server does not know), leaves it
+    for the handlers (``identity_of``), then applies the caller's rate limit."""
+
     scopes = (ScopeType.HTTP,)
 
-    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(self, resolver: IdentityResolver, limiter: RateLimiter, metrics: Metrics) -> None:
+        self.resolver = resolver
         self.limiter = limiter
         self.metrics = metrics
 
@@ -120,12 +134,28 @@ class RateLimitMiddleware(ASGIMiddleware):
         return path in UNLIMITED_PATHS or path.startswith("/schema")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        try:
+            identity = self.resolver.resolve(scope)
+        except UnknownClientKey:
+            handler = scope.get("route_handler")
+            if handler is not None and handler.opt.get("admin"):
+                # The admin guard judges admin keys (and says whether admin routes are enabled);
+                # meanwhile the caller is limited by its IP, so guessing costs its budget.
+                identity = ClientIdentity(ip=self.resolver.client_ip_of(scope))
+            else:
+                self.metrics.errors.labels("unknown_client_key").inc()
+                await send_problem(send, 401, "Unauthorized",
+                                   "unknown API key: the key in X-API-Key (or Authorization: Bearer) is not one of "
+                                   "this service's client keys; send a valid key, or none to be limited by IP address",
+                                   {"WWW-Authenticate": 'Bearer realm="kuberag"'}, scope=scope)
+                return
+        scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
         cfg = self.limiter.live.config.rate_limit
         if not cfg.enabled:
             await next_app(scope, receive, send)
             return
         user_id = None
-        if cfg.key_source in ("auto", "userId") and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
+        if cfg.per_user is not None and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
             # Litestar keeps the body in the connection state: the handler reads it again from there.
             request: Request = Request(scope, receive)
             try:
@@ -136,26 +166,21 @@ class RateLimitMiddleware(ASGIMiddleware):
                                    f"the request body is larger than this route accepts ({limit} bytes)")
                 return
             user_id = user_id_of(body)
-        api_key = _header(scope, b"x-api-key") if cfg.key_source in ("auto", "apiKey") else None
-        client = scope.get("client")
-        key = client_key(cfg.key_source, user_id, api_key, client[0] if client else None)
-        # The token limiter (on a computed answer) charges the same client.
-        scope.setdefault("state", {})[CLIENT_KEY_STATE] = key
-        decision = await self.limiter.check(key)
+        decision = await self.limiter.check(identity, user_id)
         if decision is None:
             await next_app(scope, receive, send)
             return
         if decision.degraded:
             self.metrics.limiter_fallbacks.inc()
-            scope.setdefault("state", {})["limiter_degraded"] = True
+            scope["state"]["limiter_degraded"] = True
         if not decision.allowed:
             self.metrics.observe_rate_limited(decision.scope)
             headers = decision.headers()
             await send_problem(
                 send, 429, "Too Many Requests",
-                f"rate limit exceeded: {cfg.requests_per_minute} requests per minute with a burst of "
-                f"{cfg.burst} per client; retry after {headers['Retry-After']} s",
-                headers, limit=decision.limit, retry_after_seconds=int(headers["Retry-After"]),
+                f"rate limit exceeded for {decision.subject}: {decision.requests_per_minute} requests per minute "
+                f"with a burst of {decision.limit}; retry after {headers['Retry-After']} s",
+                headers, scope=scope, limit=decision.limit, retry_after_seconds=int(headers["Retry-After"]),
             )
             return
         extra = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]

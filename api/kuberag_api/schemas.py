@@ -67,10 +67,12 @@ class Liveness(msgspec.Struct):
     status: str
 
 
-class Readiness(msgspec.Struct):
+class Readiness(msgspec.Struct, omit_defaults=True):
     status: Literal["ready", "not ready"]
     reasons: list[str]
-    checks: dict[str, Any]
+    """Why not ready: short and free of internals without the admin key."""
+    checks: dict[str, Any] | None = None
+    """Index, Redis, limiter, config, client keys, caches: only with the admin key (X-API-Key)."""
 
 
 class MetricsSummary(msgspec.Struct):

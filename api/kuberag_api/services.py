@@ -27,6 +27,8 @@ from kuberag_api.rag import (
     IngestResult,
     RagEngine,
 )
+from kuberag_api.rag.engine import check_source
+from kuberag_api.rag.parse_worker import ParserProcess
 from kuberag_api.single_flight import SingleFlight
 from kuberag_api.token_limit import Reservation, TokenDecision, TokenLimiter
 
@@ -262,7 +264,7 @@ class QueryService:
         scope = self._scope(engine)
         key = answer_key(norm, scope)
         if lookup:
-            hit = await self.cache.get(key, scope)
+            hit = await self.cache.get(key, scope, promote=store)
             if hit is not None:
                 return QueryOutcome(hit[0], hit[1], None, self.degraded(), self.no_usage())
         if not lookup:
@@ -285,7 +287,7 @@ class QueryService:
             if similar is not None:
                 entry, similarity = similar
                 if store:
-                    self.cache.l1.set(key, entry)
+                    self.cache.promote(key, entry)
                 return QueryOutcome(entry, "l3", similarity, self.degraded(), self.no_usage())
         passages = await self._cpu("retrieve", engine.retrieve, question, vector)
         decision, reservation = await self._reserve(client, question, passages)
@@ -312,7 +314,7 @@ class QueryService:
         key = answer_key(norm, scope)
         vector = None
         if lookup:
-            hit = await self.cache.get(key, scope)
+            hit = await self.cache.get(key, scope, promote=store)
             similarity = None
             if hit is None:
                 vector = await self._cpu("embed", engine.embedder.embed_query, question)
@@ -320,6 +322,8 @@ class QueryService:
                 if similar is not None:
                     hit = (similar[0], "l3")
                     similarity = similar[1]
+                    if store:
+                        self.cache.promote(key, similar[0])
             if hit is not None:
                 entry, level = hit
                 yield "sources", entry.sources
@@ -372,10 +376,16 @@ class QueryService:
 
 
 class DocumentService:
-    def __init__(self, slot: EngineSlot, metrics: Metrics, executor: ThreadPoolExecutor) -> None:
+    """Ingestion and deletion. Uploads are parsed in the parser process (bounded in time and memory,
+    stoppable) and chunked and embedded on ``executor``, the ingestion thread: never on the threads
+    that serve queries."""
+
+    def __init__(self, slot: EngineSlot, metrics: Metrics, executor: ThreadPoolExecutor,
+                 parser: ParserProcess | None = None) -> None:
         self.slot = slot
         self.metrics = metrics
         self.executor = executor
+        self.parser = parser
 
     def refresh_gauges(self) -> None:
         engine = self.slot.engine
@@ -387,8 +397,12 @@ class DocumentService:
         engine = self.slot.require()
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, engine.ingest, source, data, content_type)
-        except DocumentError:  # includes UnsupportedDocument; the controller maps it to 415/422
+            parsed = None
+            if self.parser is not None and not engine.is_unchanged(source, data):
+                check_source(source)  # before the parser gets it
+                parsed = await loop.run_in_executor(self.executor, self.parser.parse, source, data, content_type)
+            result = await loop.run_in_executor(self.executor, engine.ingest, source, data, content_type, parsed)
+        except DocumentError:  # includes UnsupportedDocument, DocumentTooComplex: the app maps them to 415/422
             self.metrics.documents_ingested.labels("refused").inc()
             raise
         self.metrics.documents_ingested.labels(result.status).inc()

@@ -122,17 +122,24 @@ class StorageSettings:
     config_path: Path | None = None
     """KUBERAG_CONFIG: the config file; unset uses /etc/kuberag/config.yaml when it exists, else defaults."""
     config_poll_seconds: float = 1.0
-    """KUBERAG_CONFIG_POLL_SECONDS: how often the config file is checked for a change."""
+    """KUBERAG_CONFIG_POLL_SECONDS: how often the config and client-keys files are checked for a change."""
+    client_keys_path: Path | None = None
+    """KUBERAG_CLIENT_KEYS: the client-keys file (``kind: ClientKeys``); unset uses
+    /etc/kuberag-clients/clients.yaml when it exists, else no client keys (every caller by IP)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StorageSettings:
         config = _opt(env, contract.ENV_CONFIG)
         if config is None and Path(contract.CONFIG_PATH).exists():
             config = contract.CONFIG_PATH
+        keys = _opt(env, contract.ENV_CLIENT_KEYS)
+        if keys is None and Path(contract.CLIENT_KEYS_PATH).exists():
+            keys = contract.CLIENT_KEYS_PATH
         return cls(
             data_dir=Path(_opt(env, contract.ENV_DATA_DIR, contract.DATA_DIR) or contract.DATA_DIR),
             config_path=Path(config) if config else None,
             config_poll_seconds=_float(env, "KUBERAG_CONFIG_POLL_SECONDS", 1.0),
+            client_keys_path=Path(keys) if keys else None,
         )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from kuberag_api.cache.tiers import AnswerCache
+from kuberag_api.identity import ClientKeyStore
 from kuberag_api.live_config import LiveConfig
 from kuberag_api.metrics import Metrics
 from kuberag_api.rate_limit import RateLimiter
@@ -21,7 +22,8 @@ class ReadinessProbe:
     move its load onto the others."""
 
     def __init__(self, slot: EngineSlot, cache: AnswerCache, limiter: RateLimiter, live: LiveConfig,
-                 metrics: Metrics, generator=None) -> None:
+                 metrics: Metrics, client_keys: ClientKeyStore | None = None, generator=None) -> None:
+        self.client_keys = client_keys or ClientKeyStore()
         self.generator = generator
         self.slot = slot
         self.cache = cache
@@ -29,7 +31,10 @@ class ReadinessProbe:
         self.live = live
         self.metrics = metrics
 
-    def check(self) -> Readiness:
+    def check(self, detail: bool = True) -> Readiness:
+        """Readiness; ``detail`` (the admin key was given) adds every check and the error texts. A
+        probe needs only the status: without the key nobody learns file paths, Redis errors or
+        YAML messages quoting the config."""
         reasons: list[str] = []
         engine = self.slot.engine
         if self.slot.ready and engine is not None:
@@ -38,7 +43,9 @@ class ReadinessProbe:
         else:
             status = f"failed: {self.slot.error}" if self.slot.error else "loading"
             index = {"status": status}
-            reasons.append(f"index {status}")
+            reasons.append(f"index {status}" if detail else f"index {status.split(':', 1)[0]}")
+        if not detail:
+            return Readiness(status="not ready" if reasons else "ready", reasons=reasons)
         l2 = self.cache.l2
         if l2 is None:
             redis = {"status": "disabled (no KUBERAG_REDIS_URL): L1 and L3 only"}
@@ -61,6 +68,7 @@ class ReadinessProbe:
             "redis": redis,
             "limiter": self.limiter.state,
             "config": config,
+            "client_keys": self.client_keys.state,
             "llm": self._llm(),
             "cache": {"epoch": self.cache.epoch, "l1_entries": len(self.cache.l1), "l3_entries": len(self.cache.l3)},
         }
@@ -86,6 +94,7 @@ class ReadinessProbe:
         m.limiter_degraded.set(1 if degraded else 0)
         if self.limiter.shared is not None:
             m.dependency_up.labels("limiter_redis").set(0 if self.limiter.shared.breaker.state != "closed" else 1)
+        m.client_keys.set(len(self.client_keys))
         m.cache_entries.labels("l1").set(len(self.cache.l1))
         m.cache_entries.labels("l3").set(len(self.cache.l3))
         engine = self.slot.engine

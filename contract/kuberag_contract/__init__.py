@@ -38,6 +38,8 @@ ENV_NAMESPACE = "KUBERAG_NAMESPACE"
 ENV_LLM_API_KEY = "KUBERAG_LLM_API_KEY"
 ENV_EMBEDDINGS_API_KEY = "KUBERAG_EMBEDDINGS_API_KEY"
 ENV_VECTOR_STORE_API_KEY = "KUBERAG_VECTOR_STORE_API_KEY"
+# The client-keys file (``ClientKeys``, see ``kuberag_contract.config``): the verified callers.
+ENV_CLIENT_KEYS = "KUBERAG_CLIENT_KEYS"
 
 DEFAULT_HOST_POD = "0.0.0.0"
 DEFAULT_HOST_LOCAL = "127.0.0.1"
@@ -54,10 +56,18 @@ PATH_HEALTHZ = "/healthz"
 PATH_READYZ = "/readyz"
 PATH_PROM_METRICS = "/metrics"  # on the metrics port only
 
+# The client-keys Secret, mounted as a directory (never subPath: key rotations reach the pod live).
+CLIENT_KEYS_DIR = "/etc/kuberag-clients"
+CLIENT_KEYS_FILENAME = "clients.yaml"
+CLIENT_KEYS_PATH = f"{CLIENT_KEYS_DIR}/{CLIENT_KEYS_FILENAME}"
+CLIENT_KEYS_KIND = "ClientKeys"
+
 DATA_DIR = "/var/lib/kuberag"  # writable emptyDir: the root FS is read-only
 CORPUS_DIR = "/var/lib/kuberag-corpus"  # read-only corpus source (ConfigMap or volume)
 
 ADMIN_HEADER = "X-API-Key"
+# Client keys come in X-API-Key or ``Authorization: Bearer <key>`` (OpenAI-style clients).
+CLIENT_KEY_HEADER = "X-API-Key"
 
 # --- containers ------------------------------------------------------------------------------
 CONTAINER_API = "api"

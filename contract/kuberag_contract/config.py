@@ -6,23 +6,30 @@ Everything is per pod: the operator has already divided whatever needs dividing.
 
 Live (re-read without restart): ``rateLimit``, ``cache``. Static (a change rolls the pods):
 ``providers``, ``corpus``, ``retrieval``.
+
+The client-keys file (``ClientKeys``, from a Secret the operator mounts) names the verified
+callers: each API key names a client and optionally its own limits. It is live as well.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from typing import Annotated, Literal
 
 import msgspec
 import yaml
 
-from kuberag_contract import API_VERSION, CONFIG_KIND
+from kuberag_contract import API_VERSION, CLIENT_KEYS_KIND, CONFIG_KIND
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Threshold = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 
-KeySource = Literal["auto", "userId", "apiKey", "ip"]
+# clientKey: a verified client (its API key is in the client-keys file) is limited as that client;
+# every other caller by its IP. ip: every caller by its IP (a key must still be valid).
+KeySource = Literal["clientKey", "ip"]
 LimitScope = Literal["perReplica", "shared"]
 
 
@@ -30,13 +37,36 @@ class _Struct(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_onl
     pass
 
 
-class RateLimit(_Struct):
-    """Per-client limit: a token bucket of ``burst`` tokens refilled at ``requestsPerMinute``."""
+RequestsPerMinute = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Burst = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 
-    requests_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 60
-    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10
-    # auto: the body's user_id, else the API key, else the client IP.
-    key_source: KeySource = "auto"
+
+class Limit(_Struct):
+    """A token bucket of ``burst`` tokens refilled at ``requestsPerMinute``."""
+
+    requests_per_minute: RequestsPerMinute
+    burst: Burst
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR (``10.1.2.3``, ``10.0.0.0/8``, ``fd00::/8``); ValueError naming it."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR network") from None
+
+
+class RateLimit(_Struct):
+    """Per-caller limit: a token bucket of ``burst`` tokens refilled at ``requestsPerMinute``.
+
+    The caller is a verified client (its key is in the client-keys file, which may give it its own
+    limit) or, for everyone else, the client IP. A body ``user_id`` never lifts a limit: with
+    ``perUser`` it gets its own bucket inside its caller's.
+    """
+
+    requests_per_minute: RequestsPerMinute = 60
+    burst: Burst = 10
+    key_source: KeySource = "clientKey"
     scope: LimitScope = "perReplica"
     # Optional limit over all clients of this pod (the operator divides a service-wide total).
     total_requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -45,6 +75,17 @@ class RateLimit(_Struct):
     # the real usage after; None: no token limit. tokenBurst (default: tokensPerMinute) is the bucket.
     tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
     token_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
+    # Optional bucket of each body user_id, checked inside (never instead of) its caller's bucket.
+    per_user: Limit | None = None
+    # Direct peers whose X-Forwarded-For is believed (an ingress, a mesh proxy); empty: nobody's.
+    trusted_proxies: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
+
+    def __post_init__(self) -> None:
+        for entry in self.trusted_proxies:
+            try:
+                parse_network(entry)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"rateLimit.trustedProxies: {exc}") from None
 
 
 class L1Cache(_Struct):
@@ -159,12 +200,17 @@ class ConfigError(ValueError):
     """The config file is not valid; the message names the field."""
 
 
-def parse_config(text: str | bytes) -> ApiConfig:
-    """Parse and validate a config file's text. Raises ConfigError naming what is wrong."""
+def _load_yaml(text: str | bytes, what: str) -> object:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} is not valid YAML: {exc}") from None
+
+
+def parse_config(text: str | bytes) -> ApiConfig:
+    """Parse and validate config text (absent fields take their defaults). Raises ConfigError
+    naming what is wrong. Files go through ``parse_config_file``, which is stricter."""
+    data = _load_yaml(text, "config")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -175,9 +221,55 @@ def parse_config(text: str | bytes) -> ApiConfig:
         raise ConfigError(f"invalid config: {exc}") from None
 
 
+def _require_header(data: object, kind: str, what: str) -> dict:
+    """A file must be a mapping that starts with its apiVersion and kind: an empty or truncated
+    file (a careless write, an editor's partial save) is refused, never read as "all defaults"."""
+    if data is None:
+        raise ConfigError(f"{what} is empty (expected apiVersion: {API_VERSION}, kind: {kind}, ...)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a YAML mapping at the top level")
+    missing = [k for k in ("apiVersion", "kind") if k not in data]
+    if missing:
+        raise ConfigError(f"{what} is incomplete: it has no {' and no '.join(missing)} "
+                          f"(expected apiVersion: {API_VERSION}, kind: {kind})")
+    return data
+
+
+def parse_config_file(raw: str | bytes, previous: str | bytes | None = None) -> ApiConfig:
+    """A config file's content: like ``parse_config``, but an empty file or one without its
+    ``apiVersion``/``kind`` header is refused (the operator always writes both), and so is a
+    file that leaves out a setting the ``previous`` file had: a truncated write or a partial
+    edit never resets settings to their defaults silently (an explicit value, even ``{}`` or
+    ``null``, is a deliberate change)."""
+    data = _require_header(_load_yaml(raw, "config"), CONFIG_KIND, "config file")
+    config = parse_config(raw)
+    if previous is not None:
+        old = _load_yaml(previous, "previous config")
+        dropped = dropped_settings(old, data) if isinstance(old, dict) else []
+        if dropped:
+            raise ConfigError(
+                f"config file is partial: it leaves out {', '.join(dropped[:5])}"
+                f"{' and more' if len(dropped) > 5 else ''}, which the current file sets; write "
+                "every setting (the operator does), or set it explicitly to change it")
+    return config
+
+
+def dropped_settings(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the keys ``old`` has and ``new`` does not (mappings are walked; a key whose
+    new value is not a mapping was replaced, not dropped)."""
+    dropped: list[str] = []
+    for key, value in old.items():
+        name = f"{prefix}{key}"
+        if key not in new:
+            dropped.append(name)
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            dropped += dropped_settings(value, new[key], name + ".")
+    return dropped
+
+
 def load_config(path: str) -> ApiConfig:
     with open(path, "rb") as f:
-        return parse_config(f.read())
+        return parse_config_file(f.read())
 
 
 def to_dict(config: ApiConfig) -> dict:
@@ -201,3 +293,68 @@ def static_config_hash(config: ApiConfig) -> str:
     d = to_dict(config)
     static = {k: d[k] for k in ("providers", "corpus", "retrieval")}
     return config_hash(yaml.safe_dump(static, sort_keys=True))
+
+
+# --- the client-keys file ----------------------------------------------------------------------
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MIN_CLIENT_KEY_LENGTH = 16
+
+
+class ClientKey(_Struct):
+    """One verified client: its name (in metrics, logs, the 429 message) and its API key, given
+    as the key itself or as the hex sha256 of the key (so the Secret need not hold the key)."""
+
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    # The client's own limit; absent: rateLimit.requestsPerMinute/burst of the config file.
+    rate_limit: Limit | None = None
+
+    def __post_init__(self) -> None:
+        if not _CLIENT_NAME.match(self.name):
+            raise msgspec.ValidationError(
+                f"client name {self.name!r} must be 1-63 letters, digits, '.', '_' or '-' (starting and "
+                "ending with a letter or digit)")
+        if (self.key is None) == (self.key_sha256 is None):
+            raise msgspec.ValidationError(f"client {self.name!r}: set exactly one of key and keySha256")
+        if self.key is not None and (len(self.key) < MIN_CLIENT_KEY_LENGTH or self.key != self.key.strip()
+                                     or not self.key.isprintable() or not self.key.isascii()):
+            raise msgspec.ValidationError(
+                f"client {self.name!r}: key must be at least {MIN_CLIENT_KEY_LENGTH} printable ASCII characters "
+                "without surrounding spaces")
+        if self.key_sha256 is not None and not _SHA256.match(self.key_sha256):
+            raise msgspec.ValidationError(f"client {self.name!r}: keySha256 must be 64 lowercase hex digits")
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 of the key: what a presented key is compared with."""
+        if self.key_sha256 is not None:
+            return bytes.fromhex(self.key_sha256)
+        return hashlib.sha256(self.key.encode()).digest()  # type: ignore[union-attr]
+
+
+class ClientKeys(_Struct):
+    api_version: Literal["kuberag.io/v1alpha1"]
+    kind: Literal["ClientKeys"]
+    clients: Annotated[list[ClientKey], msgspec.Meta(max_length=10_000)] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names: set[str] = set()
+        digests: set[bytes] = set()
+        for client in self.clients:
+            if client.name in names:
+                raise msgspec.ValidationError(f"client name {client.name!r} appears twice")
+            if client.digest in digests:
+                raise msgspec.ValidationError(f"client {client.name!r} has the same key as another client")
+            names.add(client.name)
+            digests.add(client.digest)
+
+
+def parse_client_keys(raw: str | bytes) -> ClientKeys:
+    """The client-keys file (``kind: ClientKeys``). Raises ConfigError naming what is wrong."""
+    data = _require_header(_load_yaml(raw, "client-keys file"), CLIENT_KEYS_KIND, "client-keys file")
+    try:
+        return msgspec.convert(data, ClientKeys)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid client-keys file: {exc}") from None

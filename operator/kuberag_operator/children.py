@@ -18,6 +18,9 @@ from kuberag_contract import (
     ANNOTATION_STATIC_CONFIG_HASH,
     API_COMMAND,
     APP_NAME,
+    CLIENT_KEYS_DIR,
+    CLIENT_KEYS_FILENAME,
+    CLIENT_KEYS_PATH,
     CONFIG_DIR,
     CONFIG_FILENAME,
     CONFIG_PATH,
@@ -28,6 +31,7 @@ from kuberag_contract import (
     DEFAULT_HOST_POD,
     DEFAULT_REDIS_URL,
     ENV_ADMIN_API_KEY,
+    ENV_CLIENT_KEYS,
     ENV_CONFIG,
     ENV_DATA_DIR,
     ENV_EMBEDDINGS_API_KEY,
@@ -65,6 +69,7 @@ from kuberag_contract.config import (
     L1Cache,
     L2Cache,
     L3Cache,
+    Limit,
     LLMEndpoint,
     Providers,
     RateLimit,
@@ -82,6 +87,7 @@ COMPONENT_METRICS = "metrics"
 VOLUME_CONFIG = "config"
 VOLUME_DATA = "data"
 VOLUME_CORPUS = "corpus"
+VOLUME_CLIENT_KEYS = "client-keys"
 
 # (group/version, kind) of every child kind the operator may own; kinds it prunes when not desired.
 OPTIONAL_KINDS = (
@@ -146,11 +152,15 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
                 enabled=rl["enabled"],
                 requests_per_minute=rl["requestsPerMinute"],
                 burst=rl["burst"],
-                key_source=rl["keySource"],
+                # Old names mean clientKey now; a stored userId (refused since) too: never unverified ids.
+                key_source="ip" if rl["keySource"] == "ip" else "clientKey",
                 scope=rl["scope"],
                 total_requests_per_minute=per_pod_total(rl.get("totalRequestsPerMinute"), replicas),
                 tokens_per_minute=rl.get("tokensPerMinute"),
                 token_burst=rl.get("tokenBurst"),
+                per_user=Limit(requests_per_minute=rl["perUser"]["requestsPerMinute"],
+                               burst=rl["perUser"]["burst"]) if rl.get("perUser") else None,
+                trusted_proxies=tuple(rl.get("trustedProxies") or ()),
             ),
             cache=Cache(
                 l1=L1Cache(max_entries=cache["l1"]["maxEntries"], ttl_seconds=cache["l1"]["ttlSeconds"]),
@@ -176,6 +186,8 @@ def secret_refs(spec: dict) -> list[tuple[str, dict]]:
     refs = []
     if spec.get("adminKeySecretRef"):
         refs.append(("spec.adminKeySecretRef", spec["adminKeySecretRef"]))
+    if spec.get("clientKeysSecretRef"):
+        refs.append(("spec.clientKeysSecretRef", spec["clientKeysSecretRef"]))
     for field in ("llm", "embeddings", "vectorStore"):
         ref = (spec.get(field) or {}).get("apiKeySecretRef")
         if ref:
@@ -222,6 +234,8 @@ def _api_env(name: str, spec: dict) -> list[dict]:
             env.append({"name": ENV_LIMITER_REDIS_URL, "value": redis["url"]})
     if spec.get("adminKeySecretRef"):
         env.append(_secret_env(ENV_ADMIN_API_KEY, spec["adminKeySecretRef"]))
+    if spec.get("clientKeysSecretRef"):
+        env.append({"name": ENV_CLIENT_KEYS, "value": CLIENT_KEYS_PATH})
     for field, env_name in (("llm", ENV_LLM_API_KEY), ("embeddings", ENV_EMBEDDINGS_API_KEY),
                             ("vectorStore", ENV_VECTOR_STORE_API_KEY)):
         ref = (spec.get(field) or {}).get("apiKeySecretRef")
@@ -266,6 +280,13 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
         volumes.append({**corpus["volume"], "name": VOLUME_CORPUS})
     if corpus:
         api["volumeMounts"].append({"name": VOLUME_CORPUS, "mountPath": CORPUS_DIR, "readOnly": True})
+    keys = spec.get("clientKeysSecretRef")
+    if keys:
+        # A directory mount (never subPath), so a key rotation in the Secret reaches the pod live.
+        volumes.append({"name": VOLUME_CLIENT_KEYS, "secret": {
+            "secretName": keys["name"], "items": [{"key": keys["key"], "path": CLIENT_KEYS_FILENAME}],
+            "defaultMode": 0o440}})
+        api["volumeMounts"].append({"name": VOLUME_CLIENT_KEYS, "mountPath": CLIENT_KEYS_DIR, "readOnly": True})
     redis = spec["cache"]["redis"]
     sidecar = {
         "name": CONTAINER_REDIS,

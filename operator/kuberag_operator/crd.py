@@ -14,7 +14,7 @@ import sys
 from typing import Any, get_args
 
 import yaml
-from kuberag_contract import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from kuberag_contract import CLIENT_KEYS_FILENAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from kuberag_contract.config import (
     EmbeddingModel,
     L1Cache,
@@ -31,6 +31,8 @@ DEFAULT_IMAGE = "ghcr.io/kuberag/kuberag:0.1.0"
 DEFAULT_REDIS_IMAGE = "redis:7.4-alpine"
 DEFAULT_REDIS_MAXMEMORY = "64mb"
 DEFAULT_SECRET_KEY = "apiKey"
+# Earlier names of keySource clientKey: accepted, written to the config as clientKey.
+DEPRECATED_KEY_SOURCES = ("auto", "apiKey")
 
 _RATE = RateLimit()
 _L1, _L2, _L3 = L1Cache(), L2Cache(), L3Cache()
@@ -96,11 +98,11 @@ def _name_ref(description: str) -> dict:
     return _str(description, max_length=253, minLength=1, pattern=DNS_SUBDOMAIN)
 
 
-def _secret_key_ref(description: str) -> dict:
+def _secret_key_ref(description: str, default_key: str = DEFAULT_SECRET_KEY) -> dict:
     return _obj(
         {
             "name": _name_ref("Name of the Secret (same namespace)."),
-            "key": _str("Key inside the Secret.", default=DEFAULT_SECRET_KEY, max_length=253, minLength=1,
+            "key": _str("Key inside the Secret.", default=default_key, max_length=253, minLength=1,
                         pattern=SECRET_KEY),
         },
         description=description,
@@ -233,9 +235,26 @@ def _spec_schema() -> dict:
                     "enabled": _bool(_RATE.enabled),
                     "requestsPerMinute": _int(1, 1_000_000, _RATE.requests_per_minute, description="Per client."),
                     "burst": _int(1, 1_000_000, _RATE.burst, description="Token-bucket size per client."),
-                    "keySource": {"type": "string", "enum": ["auto", "userId", "apiKey", "ip"],
+                    "keySource": {"type": "string", "enum": ["clientKey", "ip", *DEPRECATED_KEY_SOURCES, "userId"],
                                   "default": _RATE.key_source,
-                                  "description": "auto: the body's user_id, else the API key, else the client IP."},
+                                  "description": "clientKey: a verified client (its key is in spec.clientKeysSecretRef) "
+                                                 "is limited as that client, every other caller by its IP address. ip: "
+                                                 "every caller by its IP address. auto and apiKey are old names of "
+                                                 "clientKey; userId was removed (an unverified user_id lifted the limit)."},
+                    "perUser": _obj(
+                        {"requestsPerMinute": _int(1, 1_000_000), "burst": _int(1, 1_000_000)},
+                        description="Optional bucket of each body user_id inside its caller's budget (never instead of it).",
+                        required=["requestsPerMinute", "burst"],
+                    ),
+                    "trustedProxies": {
+                        "type": "array", "maxItems": 64,
+                        "description": "Addresses or CIDRs of the proxies (an ingress) whose X-Forwarded-For gives the "
+                                       "client IP; empty: the TCP peer is the client.",
+                        "items": {"type": "string", "maxLength": 64, "x-kubernetes-validations": [{
+                            "rule": "isIP(self) || isCIDR(self)",
+                            "message": "spec.rateLimit.trustedProxies: each entry must be an IP address or a CIDR network",
+                        }]},
+                    },
                     "scope": {"type": "string", "enum": ["perReplica", "shared"], "default": _RATE.scope,
                               "description": "perReplica: each pod limits on its own (a client spread over N pods may "
                                              "get up to N times the limit). shared: exact across pods through a shared Redis."},
@@ -263,6 +282,12 @@ def _spec_schema() -> dict:
                     "rule": "self.scope != 'shared' || (has(self.redis) && (has(self.redis.url) || has(self.redis.secretRef)))",
                     "message": "spec.rateLimit.scope 'shared' requires spec.rateLimit.redis.url or spec.rateLimit.redis.secretRef",
                     "fieldPath": ".scope",
+                }, {
+                    "rule": "self.keySource != 'userId'",
+                    "message": "spec.rateLimit.keySource 'userId' was removed: an unverified user_id could lift any limit; "
+                               "use clientKey (client API keys from spec.clientKeysSecretRef) and spec.rateLimit.perUser "
+                               "to divide a caller's budget by user_id",
+                    "fieldPath": ".keySource",
                 }],
             ),
             "cache": _obj(
@@ -334,6 +359,9 @@ def _spec_schema() -> dict:
             "embeddings": _endpoint("OpenAI-compatible embeddings endpoint"),
             "vectorStore": _endpoint("shared vector store (Weaviate)"),
             "adminKeySecretRef": _secret_key_ref("Secret holding the admin API key (X-API-Key) of DELETE /cache and ingestion."),
+            "clientKeysSecretRef": _secret_key_ref(
+                "Secret holding the client-keys file (kind: ClientKeys): each client's name, API key and optional "
+                "rate limit. Mounted into the pods; edits apply without a restart.", default_key=CLIENT_KEYS_FILENAME),
             "resources": _resources("spec.resources", "Resources of the API container.",
                                     # Measured: kuberag serve with multilingual-e5-small holds ~560 MiB
                                     # (peak ~600 MiB while it builds the model); the request covers it.

@@ -17,6 +17,8 @@ from tests.fixtures.api_app import ADMIN_KEY, app_settings, open_engine
 
 pytestmark = pytest.mark.integration
 
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
 # L1 and L3 off: every repeated question must come from L2, so the test sees what L2 does.
 L2_ONLY = """
 rateLimit: {requestsPerMinute: 100000, burst: 100000}
@@ -99,7 +101,7 @@ async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redi
         print(f"redis {failure}: 60 concurrent queries, slowest {slowest * 1000:.0f} ms")
         assert slowest < 1.5, f"slowest query took {slowest:.3f}s with Redis {failure}"
         assert all(b["cache_level"] != "l2" for b, _ in results)
-        ready = (await client.get("/readyz")).json()
+        ready = (await client.get("/readyz", headers=ADMIN)).json()
         assert ready["status"] == "ready"  # a pod without its cache still serves
         assert ready["checks"]["redis"]["status"].startswith("down")
         assert any(b["degraded"] for b, _ in results)
@@ -113,7 +115,7 @@ async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redi
             redis_server.resume()
 
         async def redis_back() -> bool:
-            return (await client.get("/readyz")).json()["checks"]["redis"]["status"] == "up"
+            return (await client.get("/readyz", headers=ADMIN)).json()["checks"]["redis"]["status"] == "up"
 
         await wait_for(redis_back)
         fresh = "Which port does the Redis sidecar use?"
@@ -152,3 +154,34 @@ async def test_delete_cache_removes_only_kuberag_keys(tmp_path, engine, redis_se
     # A restarted API container continues at the stored epoch.
     async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as again:
         assert again.app.state.cache.epoch == 1
+
+
+async def test_l3_hits_refill_an_l2_that_restarted_empty(tmp_path, engine, redis_server):
+    """The defect: after the sidecar restarted empty, answers L3 still held were never written back
+    to L2 (or L1) until L3 expired, so L2 stayed cold for those questions for an hour."""
+    config = "rateLimit: {enabled: false}\ncache: {l3: {threshold: 0.9}}"
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, config)) as client:
+        first, _ = await ask(client, QUESTIONS[0])
+        assert first["cache_hit"] is False
+        await wait_stored(redis_server, 1)
+        redis_server.command("FLUSHALL")  # the sidecar restarted empty
+        client.app.state.cache.l1.clear()  # and this replica's L1 was evicted
+        again, _ = await ask(client, QUESTIONS[0])
+        assert again["cache_level"] == "l3"
+        await wait_stored(redis_server, 1)  # written back to L2
+        assert (await ask(client, QUESTIONS[0]))[0]["cache_level"] == "l1"  # and to L1
+        client.app.state.cache.l1.clear()
+        assert (await ask(client, QUESTIONS[0]))[0]["cache_level"] == "l2"
+        # a semantic (paraphrase) hit is stored under the paraphrase's key in L1 and L2 as well
+        para, _ = await ask(client, "On which port does the Redis sidecar listen?")
+        assert para["cache_level"] == "l3" and para["similarity"] >= 0.9
+        await wait_stored(redis_server, 2)
+        client.app.state.cache.l1.clear()
+        assert (await ask(client, "On which port does the Redis sidecar listen?"))[0]["cache_level"] == "l2"
+        # no-store: a hit is not copied anywhere
+        redis_server.command("FLUSHALL")
+        client.app.state.cache.l1.clear()
+        r = await client.post("/query", json={"question": QUESTIONS[0]}, headers={"Cache-Control": "no-store"})
+        assert r.json()["cache_level"] == "l3"
+        await asyncio.sleep(0.3)
+        assert answer_keys(redis_server) == 0 and len(client.app.state.cache.l1) == 0

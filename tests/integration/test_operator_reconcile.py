@@ -272,6 +272,10 @@ BAD_SPECS = [
     ({"llm": {"url": "http://llm/v1", "timeouts": {"totalSeconds": 0}}}, "spec.llm.timeouts.totalSeconds"),
     ({"llm": {"url": "http://llm/v1", "prices": {"m" * 300: {"promptPer1k": 1}}}},
      "spec.llm.prices: model names are at most 253 characters"),
+    ({"rateLimit": {"keySource": "userId"}}, "spec.rateLimit.keySource 'userId' was removed"),
+    ({"rateLimit": {"trustedProxies": ["10.0.0.0/33"]}},
+     "spec.rateLimit.trustedProxies: each entry must be an IP address or a CIDR network"),
+    ({"rateLimit": {"perUser": {"burst": 3}}}, "spec.rateLimit.perUser.requestsPerMinute"),
 ]
 
 
@@ -281,6 +285,15 @@ def test_bad_specs_are_refused_with_a_message_naming_the_field(kube, spec, messa
         kube.create(ragservice("bad", kube.ns, spec))
     assert err.value.status == 422
     assert message in err.value.body
+
+
+def test_identity_settings_are_accepted(kube):
+    kube.create(ragservice("identity", kube.ns, {
+        "rateLimit": {"keySource": "auto", "perUser": {"requestsPerMinute": 10, "burst": 2},
+                      "trustedProxies": ["172.21.0.0/16", "172.22.0.1", "fd00::/8"]},
+        "clientKeysSecretRef": {"name": "identity-clients"}}))
+    spec = kube.get("identity")["spec"]
+    assert spec["clientKeysSecretRef"]["key"] == "clients.yaml"
 
 
 def test_good_spec_with_ingestion_and_shared_store_is_accepted(kube):

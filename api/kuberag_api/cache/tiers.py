@@ -49,20 +49,24 @@ class AnswerCache:
             if epoch is not None:
                 self.epoch = epoch
 
-    async def get(self, key: str, scope: str) -> tuple[CachedAnswer, str] | None:
-        """Exact-key lookups, cheapest first: L1, L2 (fills L1), L3's exact entries (fills L1)."""
+    async def get(self, key: str, scope: str, promote: bool = True) -> tuple[CachedAnswer, str] | None:
+        """Exact-key lookups, cheapest first: L1, L2, L3's exact entries. A hit is copied into
+        every faster level (``promote``; not for ``Cache-Control: no-store``), so an L2 that
+        restarted empty refills from L3 instead of staying cold until L3 expires."""
         entry = self.l1.get(key)
         if entry is not None:
             return entry, "l1"
         if self.l2_enabled:
             entry = await self.l2.get(key)
             if entry is not None:
-                self.l1.set(key, entry)
+                if promote:
+                    self.l1.set(key, entry)
                 return entry, "l2"
         if self.l3_enabled:
             entry = self.l3.get_exact(scope, key)
             if entry is not None:
-                self.l1.set(key, entry)
+                if promote:
+                    self.promote(key, entry)
                 return entry, "l3"
         return None
 
@@ -71,15 +75,24 @@ class AnswerCache:
             return None
         return self.l3.get_similar(scope, vector, question)
 
+    def promote(self, key: str, entry: CachedAnswer) -> None:
+        """Copy an L3 hit into L1 and L2 (under this question's key): the next ask is an L1 hit here
+        and an L2 hit on the other replicas' restarts."""
+        self.l1.set(key, entry)
+        self._store_l2(key, entry)
+
+    def _store_l2(self, key: str, entry: CachedAnswer) -> None:
+        if self.l2_enabled:
+            task = asyncio.ensure_future(self.l2.set(key, entry, self.live.config.cache.l2.ttl_seconds))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def put(self, key: str, scope: str, entry: CachedAnswer, vector: np.ndarray | None, question: str) -> None:
         """Store in every level; the L2 write runs in the background (a slow Redis never delays the answer)."""
         self.l1.set(key, entry)
         if self.l3_enabled:
             self.l3.put(scope, key, entry, vector, question)
-        if self.l2_enabled:
-            task = asyncio.ensure_future(self.l2.set(key, entry, self.live.config.cache.l2.ttl_seconds))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._store_l2(key, entry)
 
     async def flush_background(self) -> None:
         if self._background:

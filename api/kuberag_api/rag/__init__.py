@@ -25,7 +25,14 @@ from kuberag_api.rag.generation import (
     not_found_answer,
 )
 from kuberag_api.rag.parsing import SUPPORTED as SUPPORTED_TYPES
-from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage, UnsupportedDocument
+from kuberag_api.rag.types import (
+    DocumentError,
+    DocumentInfo,
+    DocumentTooComplex,
+    IngestResult,
+    Passage,
+    UnsupportedDocument,
+)
 
 __all__ = [
     "MODEL_NAME",
@@ -34,6 +41,7 @@ __all__ = [
     "SUPPORTED_TYPES",
     "DocumentError",
     "DocumentInfo",
+    "DocumentTooComplex",
     "Embedder",
     "EmbeddingError",
     "ExtractiveGenerator",

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from kuberag_api.rag.bm25 import BM25Index, tokenize
 from kuberag_api.rag.chunking import Chunk, chunk_sections
 from kuberag_api.rag.embedding import Embedder, load_default_embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
-from kuberag_api.rag.parsing import CONTENT_TYPES, Section, parse_document
+from kuberag_api.rag.parsing import CONTENT_TYPES, ParsedDocument, Section, parse_document
 from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage
 
 log = logging.getLogger("kuberag.rag")
@@ -56,6 +58,38 @@ class _Snapshot:
     bm25: BM25Index
     documents: dict[str, DocumentInfo] = field(default_factory=dict)
     version: str = ""
+
+
+MAX_SOURCE_CHARS = 1024
+_SOURCE_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def check_source(source: str) -> str:
+    """A document's source name as it is stored and cited: a relative path of ``/``-separated
+    names (the corpus directory's layout), never absolute, never ``.``/``..``/empty parts, no
+    control characters (NUL, newline, ...). Raises DocumentError naming what is wrong; uploads
+    are normalised to their base name before they get here (``normalise_upload_name``)."""
+    source = source.strip()
+    if not source:
+        raise DocumentError("a document needs a source name")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise DocumentError(f"the source name is longer than {MAX_SOURCE_CHARS} characters")
+    bad = _SOURCE_FORBIDDEN.search(source)
+    if bad:
+        raise DocumentError(f"the source name {source!r} contains a control character ({bad.group()!r}): "
+                            "rename the file")
+    if source.startswith("/") or "\\" in source:
+        raise DocumentError(f"the source name {source!r} must be a relative path with '/' separators")
+    if any(part in ("", ".", "..") for part in source.split("/")):
+        raise DocumentError(f"the source name {source!r} must not contain empty, '.' or '..' path parts")
+    return unicodedata.normalize("NFC", source)
+
+
+def normalise_upload_name(filename: str) -> str:
+    """The source name of an uploaded file: its base name (clients send a name, and some a whole
+    path: ``../../etc/passwd.txt`` -> ``passwd.txt``, ``C:\\docs\\a.md`` -> ``a.md``), NFC. Control
+    characters are refused, not removed (``check_source``)."""
+    return filename.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].strip()
 
 
 def doc_id_for(source: str) -> str:
@@ -267,21 +301,27 @@ class RagEngine:
             ],
         )
 
-    def ingest(self, source: str, data: bytes, content_type: str | None = None) -> IngestResult:
-        """Index one document. Raises UnsupportedDocument / DocumentError for a bad document."""
-        return self._ingest(source, data, content_type, origin="api")
+    def ingest(self, source: str, data: bytes, content_type: str | None = None,
+               parsed: ParsedDocument | None = None) -> IngestResult:
+        """Index one document (``parsed``: already parsed, e.g. by the parser process). Raises
+        UnsupportedDocument / DocumentError for a bad document or source name."""
+        return self._ingest(source, data, content_type, origin="api", parsed=parsed)
+
+    def is_unchanged(self, source: str, data: bytes) -> bool:
+        """The index holds exactly these bytes under this source already (nothing to parse)."""
+        existing = self._current_documents().get(doc_id_for(source.strip()))
+        return existing is not None and existing.sha256 == hashlib.sha256(data).hexdigest()
 
     def _ingest(self, source: str, data: bytes, content_type: str | None, origin: str,
-                publish: bool = True) -> IngestResult:
-        source = source.strip()
-        if not source:
-            raise DocumentError("a document needs a source name")
+                publish: bool = True, parsed: ParsedDocument | None = None) -> IngestResult:
+        source = check_source(source)
         doc_id = doc_id_for(source)
         sha = hashlib.sha256(data).hexdigest()
         existing = self._current_documents().get(doc_id)
         if existing is not None and existing.sha256 == sha:
             return IngestResult(doc_id, source, "unchanged", existing.chunks)
-        parsed = parse_document(source, data, content_type)
+        if parsed is None:
+            parsed = parse_document(source, data, content_type)
         # The slow part (embedding) runs before the lock so queries and other ingests go on.
         chunks, vectors = self._prepare(source, parsed.sections)
         sections_json = json.dumps([{"heading": s.heading, "text": s.text, "page": s.page} for s in parsed.sections])

@@ -47,3 +47,7 @@ class DocumentError(ValueError):
 
 class UnsupportedDocument(DocumentError):
     """A document whose type is not one of txt, md, html, pdf."""
+
+
+class DocumentTooComplex(DocumentError):
+    """A document past a parsing limit (nesting, size, time, memory); the message names the limit."""

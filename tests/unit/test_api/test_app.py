@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from prometheus_client import generate_latest
 
 from tests.fixtures.api_app import ADMIN_KEY
 
@@ -24,7 +25,7 @@ async def test_health_contract(client):
 
 
 async def test_readyz_reports_index_redis_limiter(client):
-    r = await client.get("/readyz")
+    r = await client.get("/readyz", headers=ADMIN)
     assert r.status_code == 200
     checks = r.json()["checks"]
     assert checks["index"]["status"] == "ready" and checks["index"]["documents"] == 4
@@ -91,9 +92,37 @@ async def test_malformed_json_and_oversized_body(client):
     assert "16384 bytes" in r.json()["detail"]
 
 
-async def test_unknown_route_is_a_problem(client):
+async def test_unknown_route_is_a_problem_with_the_request_id(client):
+    """The defect: a 404 for an unknown route carried no request id."""
     r = await client.get("/nope")
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["x-request-id"] and r.json()["request_id"] == r.headers["x-request-id"]
+    r = await client.get("/nope", headers={"X-Request-ID": "trace-404"})
+    assert r.json()["request_id"] == "trace-404" == r.headers["x-request-id"]
+    r = await client.put("/query", json={})  # no such method: 405, also with the id and counted
+    assert r.status_code == 405 and r.json()["request_id"] == r.headers["x-request-id"]
+    text = generate_latest(client.app.state.metrics.registry).decode()
+    assert 'route="unmatched",status="404"' in text
+
+
+async def test_readyz_says_only_what_a_probe_needs_without_the_admin_key(tmp_path, make_client):
+    """The defect: /readyz gave anyone the config file's path, Redis error texts and YAML messages."""
+    config = tmp_path / "etc" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\nrateLimit: {burst: 50}\n")
+    async with make_client(config_path=config, redis_url="redis://127.0.0.1:9/0") as c:
+        config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\nrateLimit: {burst: [secret-ish}\n")
+        c.app.state.live.check()
+        c.app.state.cache.l2.last_error = "get: ConnectionError: Error 111 connecting to 127.0.0.1:9"
+        public = await c.get("/readyz")
+        assert public.status_code == 200 and public.json() == {"status": "ready", "reasons": []}
+        for leak in (str(config.parent), "secret-ish", "127.0.0.1:9", "ConnectionError"):
+            assert leak not in public.text
+        for key in (None, "wrong-key"):
+            r = await c.get("/readyz", headers={"X-API-Key": key} if key else {})
+            assert "checks" not in r.json()
+        detail = (await c.get("/readyz", headers=ADMIN)).json()
+        assert detail["checks"]["config"]["source"] == str(config) and "secret-ish" in detail["checks"]["config"]["error"]
 
 
 async def test_admin_routes_need_the_key(client):
@@ -234,7 +263,7 @@ async def test_unsupported_upload_and_missing_file_field(client):
 
 
 async def test_rate_limit_headers_and_429(make_client):
-    async with make_client("rateLimit: {requestsPerMinute: 60, burst: 3}") as c:
+    async with make_client("rateLimit: {requestsPerMinute: 1, burst: 3}") as c:
         q = {"question": "How is green tea brewed?", "user_id": "alice"}
         seen = []
         for _ in range(3):
@@ -247,13 +276,13 @@ async def test_rate_limit_headers_and_429(make_client):
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1 and r.headers["ratelimit-remaining"] == "0"
         assert "rate limit" in r.json()["detail"]
-        # another user_id has its own bucket; probes are never limited
-        assert (await c.post("/query", json={**q, "user_id": "bob"})).status_code == 200
+        # another user_id is the same caller (its IP): no new budget; probes are never limited
+        assert (await c.post("/query", json={**q, "user_id": "bob"})).status_code == 429
         for _ in range(5):
             assert (await c.get("/healthz")).status_code == 200
             assert (await c.get("/readyz")).status_code == 200
             assert (await c.get("/metrics")).status_code == 200
-        assert (await c.get("/metrics")).json()["rate_limited"] == 1
+        assert (await c.get("/metrics")).json()["rate_limited"] == 2
 
 
 async def test_stream_of_a_cached_answer(client):
@@ -285,7 +314,7 @@ async def test_index_not_loaded_is_503_with_the_reason(tmp_path):
     app = create_app(app_settings(tmp_path), live=live, serve_metrics=False)
     async with AsyncTestClient(app) as c:
         for _ in range(200):
-            r = await c.get("/readyz")
+            r = await c.get("/readyz", headers=ADMIN)
             if "failed" in r.json()["checks"]["index"]["status"]:
                 break
             await asyncio.sleep(0.05)
@@ -313,6 +342,6 @@ async def test_body_that_is_not_an_object(client, kwargs, expected):
 
 async def test_upload_that_is_not_multipart_or_has_no_file_name(client):
     r = await client.post("/documents", json={"file": "x"}, headers=ADMIN)
-    assert r.status_code == 400 and "multipart/form-data" in r.json()["detail"]
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = await client.post("/documents", files={"file": ("", b"hello", "text/plain")}, headers=ADMIN)
     assert r.status_code == 400 and "file name" in r.json()["detail"]

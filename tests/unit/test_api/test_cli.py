@@ -44,6 +44,7 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path, capsys):
 def test_serve_refuses_an_external_vector_store_it_cannot_use(tmp_path: Path, capsys):
     # Ignoring it would let replicas that each index on their own disagree silently.
     config = tmp_path / "config.yaml"
-    config.write_text("providers: {vectorStore: {url: 'http://weaviate:8080'}}\n")
+    config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
+                      "providers: {vectorStore: {url: 'http://weaviate:8080'}}\n")
     assert main(["serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--port", "0"]) == EXIT_USAGE
     assert "providers.vectorStore" in capsys.readouterr().err

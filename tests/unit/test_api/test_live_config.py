@@ -75,3 +75,52 @@ def test_settings_from_env():
         Settings.from_env({"KUBERAG_PORT": "eighty"})
     with pytest.raises(SettingsError, match="KUBERAG_METRICS_PORT"):
         Settings.from_env({"KUBERAG_METRICS_PORT": "70000"})
+
+
+def _touch(path: Path) -> None:
+    os.utime(path, ns=(os.stat(path).st_mtime_ns + 1_000_000,) * 2)
+
+
+FULL = HEADER + "rateLimit: {enabled: false, burst: 4}\ncorpus: {path: /srv/corpus}\n"
+
+
+@pytest.mark.parametrize(("content", "word"), [
+    ("", "empty"),
+    ("# nothing but a comment\n", "empty"),
+    ("apiVersion: kuberag.io/v1alpha1\n", "kind"),
+    (HEADER + "rateLimit: {burst: 4}\n", "corpus"),  # a truncated or partial write
+    (HEADER + "rateLimit: {enabled: false}\ncorpus: {path: /srv/corpus}\n", "rateLimit.burst"),
+])
+def test_empty_or_partial_file_is_refused_while_serving(tmp_path: Path, content, word):
+    """The defect: an empty config.yaml reset every setting to its default (limits back on, the
+    corpus path dropped) without an error."""
+    path = tmp_path / "config.yaml"
+    path.write_text(FULL)
+    live = LiveConfig.from_file(path)
+    path.write_text(content)
+    _touch(path)
+    assert not live.check()
+    assert word in live.last_error and "last good" in live.last_error
+    assert live.config.rate_limit.enabled is False and live.config.corpus.path == "/srv/corpus"
+    assert not live.restart_needed
+    # explicit values are deliberate changes, not omissions
+    path.write_text(HEADER + "rateLimit: {enabled: true, burst: 4}\ncorpus: {path: null}\n")
+    assert live.check() and live.config.rate_limit.enabled and live.restart_needed
+
+
+def test_empty_file_at_start_is_an_error(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        LiveConfig.from_file(path)
+
+
+def test_restart_flag_clears_when_the_static_part_is_back(tmp_path: Path):
+    path = tmp_path / "config.yaml"
+    path.write_text(FULL)
+    live = LiveConfig.from_file(path)
+    path.write_text(FULL.replace("/srv/corpus", "/srv/other"))
+    assert live.check() and live.restart_needed
+    path.write_text(FULL + "cache: {l1: {ttlSeconds: 30}}\n")  # the static part as at start, a live edit
+    assert live.check() and not live.restart_needed
+    assert live.config.cache.l1.ttl_seconds == 30

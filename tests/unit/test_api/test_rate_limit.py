@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from kuberag_api.rate_limit import LocalRateLimiter, client_key, user_id_of
+from kuberag_api.identity import ClientIdentity
+from kuberag_api.rate_limit import Bucket, LocalRateLimiter, caller_bucket, user_id_of
+from kuberag_contract.config import Limit, parse_config
 
 pytestmark = pytest.mark.unit
 
@@ -64,14 +66,35 @@ def test_headers_follow_the_ratelimit_fields():
     assert "Retry-After" not in h
 
 
-def test_client_key_sources():
-    assert client_key("auto", "alice", "k", "1.2.3.4") == "u:alice"
-    k = client_key("auto", None, "secret-key", "1.2.3.4")
-    assert k.startswith("k:") and "secret" not in k
-    assert client_key("auto", None, None, "1.2.3.4") == "ip:1.2.3.4"
-    assert client_key("ip", "alice", "k", "1.2.3.4") == "ip:1.2.3.4"
-    assert client_key("apiKey", "alice", None, "1.2.3.4") == "ip:1.2.3.4"
-    assert client_key("userId", "alice", "k", "1.2.3.4") == "u:alice"
+def test_caller_bucket_is_the_verified_client_else_the_ip():
+    cfg = parse_config("rateLimit: {requestsPerMinute: 60, burst: 10}").rate_limit
+    anonymous = caller_bucket(ClientIdentity(ip="10.1.2.3"), cfg)
+    assert (anonymous.key, anonymous.requests_per_minute, anonymous.burst) == ("ip:10.1.2.3", 60, 10)
+    assert anonymous.subject == "IP 10.1.2.3"
+    own = caller_bucket(ClientIdentity(ip="10.1.2.3", client="ci", limit=Limit(requests_per_minute=600, burst=50)), cfg)
+    assert (own.key, own.requests_per_minute, own.burst, own.subject) == ("c:ci", 600, 50, "client 'ci'")
+    # the same client from another address is the same budget
+    assert caller_bucket(ClientIdentity(ip="10.9.9.9", client="ci"), cfg).key == "c:ci"
+    assert caller_bucket(ClientIdentity(ip="10.9.9.9", client="admin", admin=True), cfg).key == "a:admin"
+    by_ip = parse_config("rateLimit: {keySource: ip}").rate_limit
+    assert caller_bucket(ClientIdentity(ip="10.1.2.3", client="ci"), by_ip).key == "ip:10.1.2.3/c:ci"
+
+
+def test_a_refusal_takes_from_no_bucket():
+    clock = Clock()
+    rl = LocalRateLimiter(clock=clock)
+    client = Bucket("c:a", 60, 3, "client 'a'")
+    user = Bucket("c:a/u:bob", 60, 1, "user bob")
+    first = rl.check_many([client, user])
+    assert first.allowed and first.remaining == 0 and first.subject == "user bob"  # the tightest bucket
+    refused = rl.check_many([client, user])
+    assert not refused.allowed and refused.subject == "user bob"
+    # bob's refusals did not spend the client's budget: two more users still fit
+    assert rl.check_many([client, Bucket("c:a/u:carol", 60, 1, "carol")]).allowed
+    assert rl.check_many([client, Bucket("c:a/u:dan", 60, 1, "dan")]).allowed
+    over = rl.check_many([client, Bucket("c:a/u:erin", 60, 1, "erin")])
+    assert not over.allowed and over.subject == "client 'a'"
+    assert not rl.check_many([client], commit=False).allowed
 
 
 def test_user_id_of_body():
@@ -80,3 +103,4 @@ def test_user_id_of_body():
     assert user_id_of(b"{not json") is None
     assert user_id_of(b'{"user_id": 5}') is None
     assert user_id_of(b"") is None
+    assert user_id_of(b'{"user_id": "' + b"x" * 500 + b'"}') == "x" * 200

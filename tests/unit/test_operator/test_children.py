@@ -6,7 +6,14 @@ import re
 import kuberag_contract as c
 import pytest
 from kuberag_contract.config import config_hash, parse_config, static_config_hash
-from kuberag_operator.children import SpecError, api_config, child_name, desired_children, per_pod_total
+from kuberag_operator.children import (
+    SpecError,
+    api_config,
+    child_name,
+    desired_children,
+    per_pod_total,
+    secret_refs,
+)
 from kuberag_operator.crd import defaulted_spec
 from kuberag_operator.names import CHILD_NAME_SUFFIXES, MAX_NAME_LENGTH
 
@@ -262,3 +269,26 @@ def test_llm_resilience_token_limits_and_embedding_model_reach_the_api_config():
     assert (config.rate_limit.tokens_per_minute, config.rate_limit.token_burst) == (20000, 40000)
     assert config.retrieval.embedding_model == "all-MiniLM-L6-v2"
     assert defaulted_spec({})["retrieval"]["embeddingModel"] == "multilingual-e5-small"
+
+
+def test_client_keys_secret_is_mounted_as_a_directory_and_identity_settings_reach_the_config():
+    spec = {"clientKeysSecretRef": {"name": "clients"},
+            "rateLimit": {"keySource": "apiKey", "perUser": {"requestsPerMinute": 10, "burst": 2},
+                          "trustedProxies": ["172.21.0.0/16"]}}
+    children = desired_children(rag(spec))
+    api = container(children, c.CONTAINER_API)
+    assert {"name": c.ENV_CLIENT_KEYS, "value": c.CLIENT_KEYS_PATH} in api["env"]
+    mount = next(m for m in api["volumeMounts"] if m["mountPath"] == c.CLIENT_KEYS_DIR)
+    assert mount["readOnly"] and "subPath" not in mount  # so a key rotation reaches the pod live
+    volume = next(v for v in deployment(children)["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "clients"
+    assert volume["secret"]["items"] == [{"key": "clients.yaml", "path": c.CLIENT_KEYS_FILENAME}]
+    rl = config_of(children).rate_limit
+    assert rl.key_source == "clientKey"  # apiKey (and auto) are earlier names of clientKey
+    assert (rl.per_user.requests_per_minute, rl.per_user.burst) == (10, 2)
+    assert rl.trusted_proxies == ("172.21.0.0/16",)
+    assert ("spec.clientKeysSecretRef", {"name": "clients", "key": "clients.yaml"}) in secret_refs(defaulted_spec(spec))
+    # without the Secret: no mount, and callers are limited by IP
+    plain = desired_children(rag())
+    assert all(m["mountPath"] != c.CLIENT_KEYS_DIR for m in container(plain, c.CONTAINER_API)["volumeMounts"])
+    assert config_of(plain).rate_limit.key_source == "clientKey"
