@@ -13,7 +13,7 @@ from kuberag_contract.config import parse_config
 from litestar.testing import AsyncTestClient
 from prometheus_client import generate_latest
 
-from tests.fixtures.api_app import app_settings, open_engine
+from tests.fixtures.api_app import ADMIN_KEY, app_settings, open_engine
 from tests.fixtures.openai_standin import ANSWER_EN, OpenAIStandIn
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ async def test_an_open_breaker_answers_extractively_without_calling(tmp_path, en
         text = scrape(app)
         assert 'kuberag_llm_fallbacks_total{reason="circuit_open"} 1.0' in text
         assert "kuberag_llm_circuit_open 1.0" in text
-        ready = await client.get("/readyz")
+        ready = await client.get("/readyz", headers={"X-API-Key": ADMIN_KEY})  # detail is admin-only
         assert ready.status_code == 200  # still ready: it answers, extractively
         assert ready.json()["checks"]["llm"]["status"].startswith("circuit open")
 

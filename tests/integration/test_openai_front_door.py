@@ -18,6 +18,7 @@ from tests.fixtures.redis_server import free_port
 pytestmark = pytest.mark.integration
 
 SERVICE = "docs-qa"
+CLIENT_KEY = "front-door-client-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +41,20 @@ def served(tmp_path_factory, standin):
         f"  llm: {{url: '{standin.url}', model: tiny-model, maxRetries: 0, breakerFailures: 1000,\n"
         "         prices: {tiny-model-2026: {promptPer1k: 0.5, completionPer1k: 1.5}}}\n"
     )
+    keys = tmp / "clients.yaml"
+    keys.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ClientKeys\n"
+                    f"clients:\n  - name: notebook\n    key: {CLIENT_KEY}\n"
+                    # A slow refill, so one request's cost shows in RateLimit-Remaining.
+                    "    rateLimit: {requestsPerMinute: 6, burst: 500}\n")
     port = free_port()
-    env = {**os.environ, "KUBERAG_PORT": str(port), "KUBERAG_METRICS_PORT": str(free_port()),
+    env = {"KUBERAG_CLIENT_KEYS": str(keys), **os.environ, "KUBERAG_PORT": str(port), "KUBERAG_METRICS_PORT": str(free_port()),
            "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp / "data"), "KUBERAG_CONFIG": str(config),
            "KUBERAG_HOST": "127.0.0.1", "KUBERAG_SERVICE_NAME": SERVICE, "KUBERAG_LLM_API_KEY": "upstream-key"}
     log_path = tmp / "server.log"
     # Loads the embedding model and indexes the corpus first.
     proc = start_serve(env, port, log_path, ready_within=180)
     base = f"http://127.0.0.1:{port}"
-    yield {"base": base, "client": openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0),
+    yield {"base": base, "client": openai.OpenAI(base_url=base + "/v1", api_key=CLIENT_KEY, max_retries=0),
            "log": log_path}
     stop_serve(proc)
 
@@ -116,6 +122,19 @@ def test_a_follow_up_is_rewritten_and_cached_under_the_rewrite(served, standin):
     assert direct["cache_level"] == "l1"
     miss = httpx.post(served["base"] + "/query", json={"question": "And how long does it keep answers?"}).json()
     assert miss["cache_hit"] is False
+
+
+def test_bearer_and_x_api_key_are_the_same_verified_client(served):
+    question = {"model": SERVICE, "messages": [{"role": "user", "content": "How are clients identified?"}]}
+    bearer = httpx.post(served["base"] + "/v1/chat/completions", json=question,
+                        headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    x_api_key = httpx.post(served["base"] + "/v1/chat/completions", json=question, headers={"X-API-Key": CLIENT_KEY})
+    assert bearer.status_code == x_api_key.status_code == 200
+    # One budget: the second request's remaining count continues the first's.
+    assert int(x_api_key.headers["ratelimit-remaining"]) == int(bearer.headers["ratelimit-remaining"]) - 1
+    with pytest.raises(openai.AuthenticationError, match="unknown API key"):
+        openai.OpenAI(base_url=served["base"] + "/v1", api_key="not-a-key-of-this-service", max_retries=0
+                      ).chat.completions.create(**question)
 
 
 def test_errors_reach_the_client_as_openai_errors(served):
