@@ -1,17 +1,20 @@
 """kopf wiring: every trigger calls the one ``reconcile()``.
 
-- create / update (of spec) / resume of a RagService: reconcile, with backoff on errors;
-- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy, found by
-  the operator's managed-by label and mapped to its controller owner): reconcile the owner, so a
-  deleted or hand-edited child comes back within seconds and status follows the pods;
-- a slow timer per RagService as a safety net (ServiceMonitors are not watched: their CRD may
-  appear later, and kopf only watches resources present at start).
+- create / update (of spec) / resume of a RagService: a full reconcile (every child applied),
+  with backoff on errors;
+- any event of an owned child (found by the operator's managed-by label, mapped to its
+  controller owner or, if another controller took it, to its instance label): the object is kept
+  in ``Cluster.observed`` and the owner gets a light reconcile (only what differs is applied), so
+  a deleted or hand-edited child comes back within seconds and status follows the pods;
+- a timer per RagService reads its pods' metrics port (DependenciesReady) and refreshes status;
+  a slow one is the safety net.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 
 import kopf
@@ -26,8 +29,9 @@ from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed
 logger = logging.getLogger(__name__)
 
 TIMER_INTERVAL_SECONDS = 300.0
-# How often each RagService's pods are asked for their dependency state (DependenciesReady).
-HEALTH_INTERVAL_SECONDS = 30.0
+# How often each RagService's pods are asked for their dependency state (DependenciesReady);
+# read at import because kopf fixes a timer's interval when the handler is registered.
+HEALTH_INTERVAL_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_POD_HEALTH_SECONDS", "30"))
 # Owned kinds watched for drift: (group, version, plural).
 WATCHED_CHILDREN = (
     ("apps", "v1", "deployments"),
