@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 from kuberag_contract import GROUP, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
@@ -56,6 +58,7 @@ _cluster_lock = threading.Lock()
 _serializer = KeyedSerializer()
 _managed: set[tuple[str, str]] = set()
 _health: dict[tuple[str, str], DependencyHealth] = {}  # the last read of each RagService's pods
+_health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-health")
 
 
 def cluster() -> Cluster:
@@ -125,15 +128,23 @@ def resync_ragservice(namespace: str, name: str, body: kopf.Body, **_: object) -
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=HEALTH_INTERVAL_SECONDS, initial_delay=HEALTH_INTERVAL_SECONDS / 3)
-def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
+async def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
     """Read each pod's dependency state from its metrics port (see health.py), then refresh the
-    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas)."""
+    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas).
+
+    Async, on a pool of its own: reading pods can wait seconds on timeouts, and kopf's worker
+    threads must stay free for reconciles."""
+    generation = body.get("metadata", {}).get("generation")
+    await asyncio.get_running_loop().run_in_executor(_health_pool, _refresh_health, namespace, name, generation)
+
+
+def _refresh_health(namespace: str, name: str, generation: int | None) -> None:
     try:
         pods = cluster().list_pods(namespace, selector_string(name))
     except Exception as exc:  # a failed read leaves the last one in place; the next timer tries again
         logger.warning("listing the pods of %s/%s failed: %s", namespace, name, exc)
         return
-    _health[(namespace, name)] = pods_health(pods, body.get("metadata", {}).get("generation"))
+    _health[(namespace, name)] = pods_health(pods, generation)
     _reconcile_from_event(namespace, name)
 
 
