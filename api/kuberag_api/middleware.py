@@ -8,7 +8,6 @@ import re
 import time
 from typing import Any
 
-import msgspec
 from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -20,6 +19,7 @@ from kuberag_api.identity import ClientIdentity, IdentityResolver, UnknownClient
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.rate_limit import RateLimiter, user_id_of
+from kuberag_api.schemas import encode_problem, problem
 
 access_log = logging.getLogger("kuberag.access")
 
@@ -27,6 +27,8 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUERY_PATHS = frozenset({"/query", "/query/stream"})
 # Probes, metrics and the OpenAPI document are never limited.
 UNLIMITED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# Routes behind identity and limits (for the OpenAPI document; /documents/{id} included).
+LIMITED_PATHS = frozenset({"/query", "/query/stream", "/cache", "/documents"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -40,12 +42,7 @@ async def send_problem(send: Send, status: int, title: str, detail: str, headers
                        **extra: Any) -> None:
     """An RFC 9457 problem sent straight from a middleware. (Raising would unwind through the
     request-context middleware before Litestar renders it, losing the status and request id.)"""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    rid = request_id_var.get()
-    if rid:
-        body["request_id"] = rid
-    body.update(extra)
-    payload = msgspec.json.encode(body)
+    payload = encode_problem(problem(status, title, detail, request_id_var.get(), **extra))
     raw_headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
