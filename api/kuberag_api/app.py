@@ -32,12 +32,14 @@ from kuberag_api.identity import ClientKeyStore, IdentityResolver
 from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.middleware import IdentityMiddleware, RequestContext
+from kuberag_api.middleware import LIMITED_PATHS, IdentityMiddleware, RequestContext
 from kuberag_api.openai_compat import OpenAIController, openai_error
+from kuberag_api.openapi import complete_openapi, fix_options_allow
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
 from kuberag_api.request_bodies import BodyError, KuberagRequest
+from kuberag_api.schemas import QUESTION_PATTERN, OpenAIErrorBody, problem
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService, TokenLimitExceeded
 from kuberag_api.settings import Settings
 from kuberag_api.status import ReadinessProbe
@@ -51,12 +53,8 @@ DEFAULT_MAX_BODY = 1024 * 1024
 # --- errors as RFC 9457 problem details ------------------------------------------------------
 def _problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None,
              **extra: Any) -> Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    rid = request_id_var.get()
-    if rid:
-        body["request_id"] = rid
-    body.update(extra)
-    return Response(body, status_code=status, headers=headers, media_type="application/problem+json")
+    return Response(problem(status, title, detail, request_id_var.get(), **extra), status_code=status,
+                    headers=headers, media_type="application/problem+json")
 
 
 def _http_problem(request: Request, exc: HTTPException) -> Response:
@@ -77,10 +75,11 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
           and "json" not in detail.lower()):
         detail = f"the request body is not valid JSON: {detail}"
     elif isinstance(exc.extra, dict):
-        extra.update(exc.extra)
+        # param and code belong to OpenAI's error object (below), not to the problem itself.
+        extra.update({k: v for k, v in exc.extra.items() if k not in ("param", "code")})
     if request.url.path.startswith("/v1/"):
         # OpenAI clients read the message from an "error" object.
-        extra["error"] = openai_error(exc.status_code, HTTPException(detail=detail, extra=exc.extra))
+        extra["error"] = openai_error(exc.status_code, detail, exc.extra)
     return _problem(exc.status_code, title, detail, headers=exc.headers, **extra)
 
 
@@ -122,7 +121,7 @@ def _token_limited(request: Request, exc: TokenLimitExceeded) -> Response:
     if "Retry-After" in headers:
         extra["retry_after_seconds"] = int(headers["Retry-After"])
     if request.url.path.startswith("/v1/"):
-        extra["error"] = {"message": detail, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}
+        extra["error"] = OpenAIErrorBody(detail, "tokens", code="rate_limit_exceeded")
     return _problem(429, "Too Many Requests", detail, headers=headers, **extra)
 
 
@@ -291,7 +290,13 @@ def create_app(
             title="kuberag", version=__version__,
             description="Questions over your documents: cached, rate limited, monitored.",
             components=Components(security_schemes={
-                "adminApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                "adminApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header",
+                                              description="KUBERAG_ADMIN_API_KEY"),
+                "clientApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header",
+                                               description="A client key from the client-keys file (optional: "
+                                                           "without one the caller is limited by IP address)"),
+                "clientBearer": SecurityScheme(type="http", scheme="bearer",
+                                               description="The same client key as Authorization: Bearer <key>"),
             }),
         ),
         request_max_body_size=DEFAULT_MAX_BODY,
@@ -299,6 +304,9 @@ def create_app(
         debug=False,
         logging_config=None,  # JSON logs are configured by the CLI (log_format.configure_logging)
     )
+    complete_openapi(app, limited_paths=LIMITED_PATHS, closed_schemas=("QueryRequest",),
+                     patterns={("QueryRequest", "question"): QUESTION_PATTERN})
+    fix_options_allow(app)
     # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
     app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log)
     return app

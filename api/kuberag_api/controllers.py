@@ -29,6 +29,7 @@ from kuberag_api.identity import identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import client_key_of
+from kuberag_api.openapi import problems
 from kuberag_api.rag.engine import normalise_upload_name
 from kuberag_api.request_bodies import parse_multipart_upload
 from kuberag_api.schemas import (
@@ -47,8 +48,10 @@ from kuberag_api.schemas import (
 from kuberag_api.services import DocumentService, QueryOutcome, QueryService
 from kuberag_api.status import ReadinessProbe
 
-QUERY_MAX_BODY = 16 * 1024
+# 2,000 characters of question and 200 of user_id, even when every one is a \uXXXX\uXXXX escape.
+QUERY_MAX_BODY = 64 * 1024
 UPLOAD_MAX_BODY = 50 * 1024 * 1024
+QUERY_ERRORS = (400, 401, 413, 415, 429, 503)
 ENDPOINTS = ["/", "/healthz", "/readyz", "/query", "/query/stream", "/v1/chat/completions", "/v1/models", "/metrics",
              "/cache", "/documents", "/schema"]
 
@@ -122,22 +125,24 @@ def _usage(outcome: QueryOutcome) -> Usage | None:
 class HealthController(Controller):
     tags = ["health"]
 
-    @get("/", operation_id="GetHealth", summary="Service health (the prototype's contract)")
+    @get("/", operation_id="GetHealth", summary="Service health (the prototype's contract)", responses=problems())
     async def root(self) -> Health:
         return Health(status="healthy", version=__version__, timestamp=_now(), endpoints=ENDPOINTS)
 
-    @get("/healthz", operation_id="GetLiveness", summary="Liveness and startup probe")
+    @get("/healthz", operation_id="GetLiveness", summary="Liveness and startup probe", responses=problems())
     async def healthz(self) -> Liveness:
         return Liveness(status="ok")
 
     @get("/readyz", operation_id="GetReadiness",
          summary="Readiness: 200 when the index is loaded, else 503; every check with the admin key",
-         responses={503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons")})
+         responses={**problems(), 503: ResponseSpec(data_container=Readiness, description="not ready, with the reasons",
+                                                    generate_examples=False)})
     async def readyz(self, request: Request, readiness: NamedDependency[ReadinessProbe]) -> Response[Readiness]:
         result = readiness.check(detail=is_admin(request))
         return Response(result, status_code=200 if result.status == "ready" else 503)
 
-    @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)")
+    @get("/metrics", operation_id="GetMetricsSummary", summary="JSON summary (Prometheus is on the metrics port)",
+         responses=problems())
     async def metrics(self, metrics: NamedDependency[Metrics]) -> MetricsSummary:
         return msgspec.convert(metrics.json_summary(), MetricsSummary)
 
@@ -145,9 +150,11 @@ class HealthController(Controller):
 class QueryController(Controller):
     tags = ["query"]
     request_max_body_size = QUERY_MAX_BODY
+    # A client key is optional: without one the caller is limited by its IP address.
+    security = [{}, {"clientApiKey": []}, {"clientBearer": []}]
 
     @post("/query", operation_id="Query", status_code=200, summary="Answer a question over the corpus",
-          opt={"route": "/query"})
+          opt={"route": "/query"}, responses=problems(*QUERY_ERRORS))
     async def query(self, request: Request, data: JSONBody[QueryRequest],
                     query_service: NamedDependency[QueryService]) -> QueryResponse:
         # One dependency only: Litestar resolves two or more in an anyio task group, which costs
@@ -161,8 +168,9 @@ class QueryController(Controller):
             return Response(response, headers=outcome.tokens.headers())  # type: ignore[return-value]
         return response
 
-    @post("/query/stream", operation_id="QueryStream", status_code=200,
-          summary="Answer as Server-Sent Events: sources, delta..., done", opt={"route": "/query/stream"})
+    @post("/query/stream", operation_id="QueryStream", status_code=200, media_type="text/event-stream",
+          summary="Answer as Server-Sent Events: sources, delta..., done", opt={"route": "/query/stream"},
+          responses=problems(*QUERY_ERRORS))
     async def query_stream(self, request: Request, data: JSONBody[QueryRequest],
                            query_service: NamedDependency[QueryService]) -> ServerSentEvent:
         metrics = query_service.metrics
@@ -206,14 +214,18 @@ class AdminController(Controller):
     security = [{"adminApiKey": []}]
 
     @delete("/cache", operation_id="ClearCache", status_code=200,
-            summary="Clear every cache level (bumps the cache epoch; only kuberag's own Redis keys)")
+            summary="Clear every cache level (bumps the cache epoch; only kuberag's own Redis keys)",
+            responses=problems(401, 403, 429))
     async def clear_cache(self, query_service: NamedDependency[QueryService]) -> CacheCleared:
         epoch, cleared = await query_service.cache.clear()
         return CacheCleared(epoch=epoch, cleared=cleared)
 
     @post("/documents", operation_id="IngestDocument", status_code=201, request_max_body_size=UPLOAD_MAX_BODY,
           summary="Upload one document (txt, md, html or pdf) as multipart field 'file'",
-          before_request=parse_multipart_upload)
+          before_request=parse_multipart_upload,
+          responses={**problems(400, 401, 403, 413, 415, 422, 429, 503),
+                     200: ResponseSpec(IngestOut, description="Already indexed with these bytes (unchanged)",
+                                       generate_examples=False)})
     async def ingest(
         self,
         data: MultipartBody[dict[str, Any]],
@@ -238,7 +250,8 @@ class AdminController(Controller):
                         engine.corpus_version)
         return Response(out, status_code=201 if result.status in ("added", "replaced") else 200)
 
-    @get("/documents", operation_id="ListDocuments", summary="Documents in the index")
+    @get("/documents", operation_id="ListDocuments", summary="Documents in the index",
+         responses=problems(401, 403, 429, 503))
     async def list_documents(self, document_service: NamedDependency[DocumentService]) -> DocumentList:
         engine = document_service.slot.require()
         docs = engine.documents()
@@ -246,7 +259,7 @@ class AdminController(Controller):
                             corpus_version=engine.corpus_version)
 
     @delete("/documents/{doc_id:str}", operation_id="DeleteDocument", status_code=200,
-            summary="Remove a document and its chunks")
+            summary="Remove a document and its chunks", responses=problems(401, 403, 404, 429, 503))
     async def delete_document(self, doc_id: FromPath[str], document_service: NamedDependency[DocumentService]) -> Deleted:
         deleted = await document_service.delete(doc_id)
         if not deleted:

@@ -8,7 +8,6 @@ import re
 import time
 from typing import Any
 
-import msgspec
 from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -20,6 +19,7 @@ from kuberag_api.identity import ClientIdentity, IdentityResolver, UnknownClient
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.rate_limit import RateLimiter, caller_bucket, user_id_of
+from kuberag_api.schemas import OpenAIErrorBody, encode_problem, problem
 
 access_log = logging.getLogger("kuberag.access")
 
@@ -33,6 +33,8 @@ def client_key_of(request: Request) -> str:
     return caller_bucket(identity, request.app.state.live.config.rate_limit).key
 # Probes, metrics and the OpenAPI document are never limited.
 UNLIMITED_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics"})
+# Routes behind identity and limits (for the OpenAPI document; /documents/{id} included).
+LIMITED_PATHS = frozenset({"/query", "/query/stream", "/v1/chat/completions", "/v1/models", "/cache", "/documents"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -46,17 +48,11 @@ async def send_problem(send: Send, status: int, title: str, detail: str, headers
                        *, scope: Scope | None = None, **extra: Any) -> None:
     """An RFC 9457 problem sent straight from a middleware. (Raising would unwind through the
     request-context middleware before Litestar renders it, losing the status and request id.)"""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    rid = request_id_var.get()
-    if rid:
-        body["request_id"] = rid
-    body.update(extra)
     if scope is not None and scope["path"].startswith("/v1/"):
         # OpenAI clients read the message from an "error" object.
-        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
-        body["error"] = {"message": detail, "type": kind, "param": None,
-                         "code": "rate_limit_exceeded" if status == 429 else None}
-    payload = msgspec.json.encode(body)
+        extra["error"] = OpenAIErrorBody(detail, {401: "authentication_error", 429: "rate_limit_error"}.get(
+            status, "invalid_request_error"), code="rate_limit_exceeded" if status == 429 else None)
+    payload = encode_problem(problem(status, title, detail, request_id_var.get(), **extra))
     raw_headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})

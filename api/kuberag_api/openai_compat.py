@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import JSONBody
 from litestar.response import Stream
 
@@ -27,7 +27,7 @@ from kuberag_api.log_format import request_id_var
 from kuberag_api.middleware import client_key_of
 from kuberag_api.rag import GenerationError
 from kuberag_api.rag.generation import REWRITE_PROMPT
-from kuberag_api.schemas import QUESTION_MAX_CHARS
+from kuberag_api.schemas import QUESTION_MAX_CHARS, OpenAIErrorBody
 from kuberag_api.services import QueryOutcome, QueryService
 
 EXTENSION = "kuberag"
@@ -278,9 +278,9 @@ class OpenAIController(Controller):
                       headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-def openai_error(status: int, exc: HTTPException) -> dict:
-    """OpenAI's ``error`` object for a problem on a /v1 route."""
-    extra = exc.extra if isinstance(exc.extra, dict) else {}
+def openai_error(status: int, message: str, extra: Any) -> OpenAIErrorBody:
+    """OpenAI's ``error`` object for a problem on a /v1 route (``param``/``code`` from the exception's extra)."""
+    extra = extra if isinstance(extra, dict) else {}
     kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
             404: "invalid_request_error", 429: "rate_limit_error"}.get(status, "api_error")
-    return {"message": str(exc.detail), "type": kind, "param": extra.get("param"), "code": extra.get("code")}
+    return OpenAIErrorBody(message, kind, extra.get("param"), extra.get("code"))

@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 from litestar import Request
 from litestar.datastructures import UploadFile
-from litestar.exceptions import ClientException
+from litestar.exceptions import ClientException, ValidationException
 from litestar.types import Empty
 from litestar.utils.scope.state import ScopeState
 from multipart import MultipartSegment, ParserLimitReached, PushMultipartParser
@@ -52,12 +52,46 @@ def body_error(body: bytes, exc: BaseException) -> BodyError:
     return BodyError(f"the request body is not valid JSON: {exc}")
 
 
+_AT_FIELD = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def validation_error(exc: msgspec.ValidationError) -> ValidationException:
+    """A typed decode's error as Litestar's ValidationException: 400 naming the field."""
+    message = str(exc)
+    m = _AT_FIELD.search(message)
+    field = m.group(1) if m and m.group(1) else "body"
+    if m:
+        message = message[:m.start()]
+    return ValidationException(message, extra=[{"key": field, "message": message, "source": "body"}])
+
+
 def decode_json(body: bytes, decoder: msgspec.json.Decoder = _json_decoder) -> Any:
-    """Decode a JSON body; raises BodyError (400) naming what is wrong."""
+    """Decode a JSON body; raises BodyError (400) naming what is wrong, or (typed decoders)
+    ValidationException naming the field."""
     try:
         return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        if decoder is _json_decoder:  # untyped: only a number out of range gets here
+            raise body_error(body, exc) from None
+        raise validation_error(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise body_error(body, exc) from None
+
+
+_typed_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def decoder_for(handler: Any) -> msgspec.json.Decoder:
+    """A strict decoder of the route's body type when it is a msgspec Struct (one pass from bytes
+    to the struct; no lenient conversion turning ``"use_cache": 0`` into False), else untyped."""
+    field = getattr(handler, "parsed_data_field", None)
+    annotation = getattr(field, "annotation", None)
+    if not (isinstance(annotation, type) and issubclass(annotation, msgspec.Struct)):
+        return _json_decoder
+    decoder = _typed_decoders.get(annotation)
+    if decoder is None:
+        decoder = _typed_decoders[annotation] = msgspec.json.Decoder(annotation)
+    return decoder
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -78,7 +112,8 @@ class KuberagRequest(Request):
             if (cached := self._connection_state.json) is not Empty:
                 self._json = cached
             else:
-                self._json = self._connection_state.json = decode_json(await self.body() or b"null")
+                self._json = self._connection_state.json = decode_json(await self.body() or b"null",
+                                                                       decoder_for(self.route_handler))
         return self._json
 
 

@@ -10,15 +10,25 @@ from kuberag_api.cache.entry import CachedSource
 from kuberag_api.rag.types import DocumentInfo
 
 QUESTION_MAX_CHARS = 500
+# What a question is trimmed of: ASCII whitespace (the same set in the OpenAPI pattern below, so
+# the document and the server agree on every string; str.strip() alone would also drop \x1c-\x1f).
+QUESTION_SPACE = " \t\n\r\f\v"
+_WS = "[ \\t\\n\\r\\f\\v]"
+_NON_WS = "[^ \\t\\n\\r\\f\\v]"
+QUESTION_PATTERN = f"^{_WS}*{_NON_WS}(?:[\\s\\S]{{0,{QUESTION_MAX_CHARS - 2}}}{_NON_WS})?{_WS}*$"
+QUESTION_MAX_RAW_CHARS = 2000
 
 
 class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
-    question: Annotated[str, msgspec.Meta(min_length=1, description="1..500 characters after trimming whitespace")]
+    question: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=QUESTION_MAX_RAW_CHARS,
+        description=f"1..{QUESTION_MAX_CHARS} characters after trimming whitespace",
+        extra_json_schema={"pattern": QUESTION_PATTERN})]
     user_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     use_cache: bool = True
 
     def __post_init__(self) -> None:
-        stripped = self.question.strip()
+        stripped = self.question.strip(QUESTION_SPACE)
         if not stripped:
             raise ValueError("question must not be empty or only whitespace")
         if len(stripped) > QUESTION_MAX_CHARS:
@@ -112,3 +122,54 @@ class Deleted(msgspec.Struct):
     doc_id: str
     deleted: bool
     corpus_version: str
+
+
+class FieldError(msgspec.Struct):
+    field: str
+    message: str
+
+
+class OpenAIErrorBody(msgspec.Struct):
+    """OpenAI's error object, added to the problems of the /v1 routes so OpenAI clients show it."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    """What is wrong, in words a client can act on."""
+    request_id: str | None = None
+    """The request's id (also the X-Request-ID response header): quote it when reporting a problem."""
+    errors: list[FieldError] | None = None
+    """The fields that are wrong (400, 415, 422)."""
+    limit: int | None = None
+    """429: the burst of the bucket that refused."""
+    retry_after_seconds: int | None = None
+    """429: seconds until the next request can be allowed (also Retry-After)."""
+    policy: str | None = None
+    """429: the limit that refused when it is not the request limit (``tokens``)."""
+    tokens_needed: int | None = None
+    """429 of the token policy: the tokens this answer would reserve."""
+    error: OpenAIErrorBody | None = None
+    """On the OpenAI-compatible /v1 routes: the same message as OpenAI's error object."""
+
+
+_problem_encoder = msgspec.json.Encoder()
+
+
+def problem(status: int, title: str, detail: str, request_id: str | None, **extra: Any) -> Problem:
+    errors = extra.pop("errors", None)
+    return Problem(type="about:blank", title=title, status=status, detail=detail, request_id=request_id or None,
+                   errors=[FieldError(e["field"], e["message"]) for e in errors] if errors else None, **extra)
+
+
+def encode_problem(p: Problem) -> bytes:
+    return _problem_encoder.encode(p)

@@ -1,18 +1,23 @@
 """kopf wiring: every trigger calls the one ``reconcile()``.
 
-- create / update (of spec) / resume of a RagService: reconcile, with backoff on errors;
-- any event of an owned child (Deployment, Service, ConfigMap, HPA, PDB, NetworkPolicy, found by
-  the operator's managed-by label and mapped to its controller owner): reconcile the owner, so a
-  deleted or hand-edited child comes back within seconds and status follows the pods;
-- a slow timer per RagService as a safety net (ServiceMonitors are not watched: their CRD may
-  appear later, and kopf only watches resources present at start).
+- create / update (of spec) / resume of a RagService: a full reconcile (every child applied),
+  with backoff on errors;
+- any event of an owned child (found by the operator's managed-by label, mapped to its
+  controller owner or, if another controller took it, to its instance label): the object is kept
+  in ``Cluster.observed`` and the owner gets a light reconcile (only what differs is applied), so
+  a deleted or hand-edited child comes back within seconds and status follows the pods;
+- a timer per RagService reads its pods' metrics port (DependenciesReady) and refreshes status;
+  a slow one is the safety net.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 from kuberag_contract import GROUP, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
@@ -26,8 +31,9 @@ from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed
 logger = logging.getLogger(__name__)
 
 TIMER_INTERVAL_SECONDS = 300.0
-# How often each RagService's pods are asked for their dependency state (DependenciesReady).
-HEALTH_INTERVAL_SECONDS = 30.0
+# How often each RagService's pods are asked for their dependency state (DependenciesReady);
+# read at import because kopf fixes a timer's interval when the handler is registered.
+HEALTH_INTERVAL_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_POD_HEALTH_SECONDS", "30"))
 # Owned kinds watched for drift: (group, version, plural).
 WATCHED_CHILDREN = (
     ("apps", "v1", "deployments"),
@@ -52,6 +58,7 @@ _cluster_lock = threading.Lock()
 _serializer = KeyedSerializer()
 _managed: set[tuple[str, str]] = set()
 _health: dict[tuple[str, str], DependencyHealth] = {}  # the last read of each RagService's pods
+_health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-health")
 
 
 def cluster() -> Cluster:
@@ -121,15 +128,23 @@ def resync_ragservice(namespace: str, name: str, body: kopf.Body, **_: object) -
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=HEALTH_INTERVAL_SECONDS, initial_delay=HEALTH_INTERVAL_SECONDS / 3)
-def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
+async def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
     """Read each pod's dependency state from its metrics port (see health.py), then refresh the
-    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas)."""
+    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas).
+
+    Async, on a pool of its own: reading pods can wait seconds on timeouts, and kopf's worker
+    threads must stay free for reconciles."""
+    generation = body.get("metadata", {}).get("generation")
+    await asyncio.get_running_loop().run_in_executor(_health_pool, _refresh_health, namespace, name, generation)
+
+
+def _refresh_health(namespace: str, name: str, generation: int | None) -> None:
     try:
         pods = cluster().list_pods(namespace, selector_string(name))
     except Exception as exc:  # a failed read leaves the last one in place; the next timer tries again
         logger.warning("listing the pods of %s/%s failed: %s", namespace, name, exc)
         return
-    _health[(namespace, name)] = pods_health(pods, body.get("metadata", {}).get("generation"))
+    _health[(namespace, name)] = pods_health(pods, generation)
     _reconcile_from_event(namespace, name)
 
 

@@ -7,6 +7,7 @@ steady service writes nothing (and a status-equality check skips the patch).
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def merge_conditions(old: list[dict] | None, new: list[Condition], now: str, gen
 
 # A RagService that had ready pods and has none for this long is Degraded (short gaps, e.g. a
 # pod replaced by the ReplicaSet, are not).
-NO_READY_GRACE_SECONDS = 60.0
+NO_READY_GRACE_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_NO_READY_GRACE_SECONDS", "60"))
 DEPENDENCIES = "DependenciesReady"
 DEPENDENCY_NAMES = {"redis": "Redis sidecar", "index": "index", "limiter_redis": "shared limiter Redis"}
 
@@ -154,7 +155,8 @@ def workload_conditions(deployment: dict | None, desired_replicas: int, previous
     if deadline_exceeded:
         degraded = Condition(DEGRADED, True, "ProgressDeadlineExceeded",
                              f"the rollout made no progress: {dep_progressing.get('message', '')}")
-    elif avail.reason == "NoReadyReplicas" and unready_since is not None and now - unready_since >= NO_READY_GRACE_SECONDS:
+    elif (avail.reason == "NoReadyReplicas" and unready_since is not None
+          and now - unready_since >= NO_READY_GRACE_SECONDS):
         degraded = Condition(DEGRADED, True, "NoReadyReplicas",
                              f"no pod has been ready for {int(now - unready_since)} s (0/{desired_replicas})")
     elif dependencies.status is False and dependencies.reason != "IndexNotReady":

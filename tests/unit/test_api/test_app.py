@@ -86,10 +86,10 @@ async def test_question_of_500_chars_after_strip_is_accepted(client):
 async def test_malformed_json_and_oversized_body(client):
     r = await client.post("/query", content=b'{"question": ', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "json" in r.json()["detail"].lower()
-    big = b'{"question": "' + b"a" * 20_000 + b'"}'
+    big = b'{"question": "' + b"a" * 70_000 + b'"}'
     r = await client.post("/query", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413
-    assert "16384 bytes" in r.json()["detail"]
+    assert "65536 bytes" in r.json()["detail"]
 
 
 async def test_unknown_route_is_a_problem_with_the_request_id(client):

@@ -20,9 +20,11 @@ JSON = {"content-type": "application/json"}
 @pytest.mark.parametrize(("body", "cause"), [
     (b'{"question": "caf\xe9 au lait?"}', "not valid UTF-8"),
     (b'{"question": "hello?", "user_id": "\xff\xfe"}', "not valid UTF-8"),
-    (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
-    (b'{"question": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deeply"),
-    (b'{"question": "a", "colour": ' + b"{\"a\":" * 2000 + b"1" + b"}" * 2000 + b"}", "nested too deeply"),
+    # deep nesting: refused at the first value that is not what the body needs, never recursed into
+    (b"[" * 5000 + b"]" * 5000, "Expected `object`, got `array`"),
+    (b'{"question": ' + b"[" * 3000 + b"]" * 3000 + b"}", "question: Expected `str`, got `array`"),
+    (b'{"question": "a", "colour": ' + b"{\"a\":" * 2000 + b"1" + b"}" * 2000 + b"}", "unknown field `colour`"),
+    (b'{"question": "a", "use_cache": 0}', "use_cache: Expected `bool`, got `int`"),
     (b'{"question": "\\ud800?"}', "unpaired UTF-16 surrogate"),
     (b'\xef\xbb\xbf{"question": "a?"}', "byte order mark"),
     (b'{"question": "a?"} trailing', "not valid JSON"),
@@ -133,3 +135,14 @@ def test_random_uploads_never_make_a_server_error(sync_client, body, boundary, c
         r = sync_client.post("/documents", content=payload,
                              headers={"content-type": content_type, "X-API-Key": ADMIN_KEY})
         _assert_not_a_server_error(r)
+
+
+def test_untyped_decoding_guards_deep_nesting_and_bad_utf8():
+    """Routes without a struct body decode to Python values: the guard still names the cause."""
+    from kuberag_api.request_bodies import BodyError, decode_json
+
+    with pytest.raises(BodyError, match="nested too deeply"):
+        decode_json(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(BodyError, match="not valid UTF-8"):
+        decode_json(b'["\xff"]')
+    assert decode_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
