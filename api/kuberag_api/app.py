@@ -33,7 +33,7 @@ from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import LIMITED_PATHS, IdentityMiddleware, RequestContext
-from kuberag_api.openai_compat import OpenAIController, openai_error
+from kuberag_api.openai_compat import OpenAIController, document_streaming, openai_error
 from kuberag_api.openapi import complete_openapi, fix_options_allow
 from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
 from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
@@ -306,6 +306,7 @@ def create_app(
     )
     complete_openapi(app, limited_paths=LIMITED_PATHS, closed_schemas=("QueryRequest",),
                      patterns={("QueryRequest", "question"): QUESTION_PATTERN})
+    document_streaming(app.openapi_schema)
     fix_options_allow(app)
     # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
     app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log)

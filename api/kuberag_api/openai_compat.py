@@ -19,12 +19,14 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from kuberag_api.cache.entry import CachedSource
 from kuberag_api.log_format import request_id_var
 from kuberag_api.middleware import client_key_of
+from kuberag_api.openapi import problems
 from kuberag_api.rag import GenerationError
 from kuberag_api.rag.generation import REWRITE_PROMPT
 from kuberag_api.schemas import QUESTION_MAX_CHARS, OpenAIErrorBody
@@ -199,7 +201,8 @@ class OpenAIController(Controller):
     tags = ["openai"]
     request_max_body_size = 256 * 1024
 
-    @get("/models", operation_id="ListModels", summary="OpenAI-compatible: the RagService as a model")
+    @get("/models", operation_id="ListModels", summary="OpenAI-compatible: the RagService as a model",
+         responses=problems())
     async def models(self, request: Request) -> ModelList:
         name = request.app.state.settings.service.name
         return ModelList(object="list", data=[ModelCard(id=name, object="model",
@@ -209,9 +212,9 @@ class OpenAIController(Controller):
     @post("/chat/completions", operation_id="CreateChatCompletion", status_code=200,
           summary="OpenAI-compatible chat completion over the corpus (stream: true answers in SSE chunks)",
           opt={"route": "/v1/chat/completions"},
-          responses={})
+          responses=problems(400, 404, 413, 415, 503))
     async def chat_completions(self, request: Request, data: JSONBody[ChatCompletionRequest],
-                               query_service: NamedDependency[QueryService]) -> Response:
+                               query_service: NamedDependency[QueryService]) -> Response[ChatCompletion]:
         started = time.perf_counter()
         name = request.app.state.settings.service.name
         if data.model != name:
@@ -274,8 +277,19 @@ class OpenAIController(Controller):
             finally:
                 request_id_var.reset(token)
 
-        return Stream(chunks(), media_type="text/event-stream",
+        return Stream(chunks(), media_type="text/event-stream",  # type: ignore[return-value]
                       headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def document_streaming(spec) -> None:
+    """The OpenAPI 200 of the chat completion is JSON, or with ``stream: true`` Server-Sent Events of
+    ``chat.completion.chunk`` objects ending with ``data: [DONE]`` (one route, two media types, which
+    a Litestar response annotation cannot say)."""
+    operation = spec.paths["/v1/chat/completions"].post
+    ok = operation.responses["200"]
+    ok.content["text/event-stream"] = OpenAPIMediaType(schema=Schema(
+        type=OpenAPIType.STRING, description="with stream: true, `data: <chat.completion.chunk JSON>` events, "
+                                             "then `data: [DONE]`"))
 
 
 def openai_error(status: int, message: str, extra: Any) -> OpenAIErrorBody:
