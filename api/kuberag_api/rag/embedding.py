@@ -266,16 +266,17 @@ def build_bert_graph(c: BertConfig, w: dict[str, np.ndarray], *, name: str, inpu
     x = layer_norm(x, "embeddings.LayerNorm", "emb")
 
     mask_f = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    # Additive attention bias [batch, 1, 1, seq]: 0 for tokens, -1e9 for padding.
-    mask4 = node("Unsqueeze", [mask_f, const("axes12", np.array([1, 2], np.int64))], "mask4")
-    bias = node("Mul", [node("Sub", [const("one_f", np.array(1.0, np.float32)), mask4], "inv_mask"),
-                        const("neg_big", np.array(-1e9, np.float32))], "attn_bias")
-    split_heads = const("split_heads", np.array([0, 0, c.heads, head], np.int64))
-    merge_heads = const("merge_heads", np.array([0, 0, c.hidden], np.int64))
-    scale = const("scale", np.array(1.0 / np.sqrt(head), np.float32))
-    half = const("half", np.array(0.5, np.float32))
-    one = "one_f"
-    inv_sqrt2 = const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), np.float32))
+    if not fused:  # the unfused ops' constants (unused ones would be warned about at every start)
+        # Additive attention bias [batch, 1, 1, seq]: 0 for tokens, -1e9 for padding.
+        mask4 = node("Unsqueeze", [mask_f, const("axes12", np.array([1, 2], np.int64))], "mask4")
+        bias = node("Mul", [node("Sub", [const("one_f", np.array(1.0, np.float32)), mask4], "inv_mask"),
+                            const("neg_big", np.array(-1e9, np.float32))], "attn_bias")
+        split_heads = const("split_heads", np.array([0, 0, c.heads, head], np.int64))
+        merge_heads = const("merge_heads", np.array([0, 0, c.hidden], np.int64))
+        scale = const("scale", np.array(1.0 / np.sqrt(head), np.float32))
+        half = const("half", np.array(0.5, np.float32))
+        one = "one_f"
+        inv_sqrt2 = const("inv_sqrt2", np.array(1.0 / np.sqrt(2.0), np.float32))
 
     def ms(op: str, inputs: list[str], output: str, **attrs) -> str:
         nodes.append(helper.make_node(op, inputs, [output], name=output, domain="com.microsoft", **attrs))
