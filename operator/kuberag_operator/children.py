@@ -57,7 +57,9 @@ from kuberag_contract import (
     PATH_READYZ,
     PORT_NAME_HTTP,
     PORT_NAME_METRICS,
+    PRESTOP_SLEEP_SECONDS,
     RUN_AS_UID,
+    TERMINATION_GRACE_SECONDS,
     redis_sidecar_args,
 )
 from kuberag_contract.config import (
@@ -258,6 +260,8 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
         ],
         # Index building at start may take a while: the startup probe holds liveness off meanwhile.
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
+        # Routing stops before the API drains (it answers new requests 503 from SIGTERM on).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "livenessProbe": {**probe, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": PATH_READYZ, "port": PORT_NAME_HTTP}, "periodSeconds": 5,
                            "timeoutSeconds": 3, "failureThreshold": 2},
@@ -310,6 +314,7 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
             },
             "spec": {
                 "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "enableServiceLinks": False,
                 "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_UID, "fsGroup": RUN_AS_UID,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
