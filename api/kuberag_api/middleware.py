@@ -29,6 +29,11 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUERY_PATHS = frozenset({"/query", "/query/stream", "/v1/chat/completions"})
 
 
+def degraded_causes(request: Request, causes: tuple[str, ...]) -> tuple[str, ...]:
+    """An answer's degraded causes, plus "limiter" when the shared limiter failed and this request was limited per replica."""
+    return causes + ("limiter",) * bool(request.scope.get("state", {}).get("limiter_degraded"))
+
+
 def client_key_of(request: Request) -> str:
     """The limiter key of the request's verified caller (its token budget is charged there too)."""
     identity = identity_of(request) or ClientIdentity(ip=request.client.host if request.client else "unknown")

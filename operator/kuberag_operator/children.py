@@ -9,6 +9,7 @@ reference to the RagService. The pod shape is the pinned operator<->API contract
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import kopf
@@ -102,6 +103,11 @@ OPTIONAL_KINDS = (
 
 class SpecError(ValueError):
     """The spec passed the schema but cannot be turned into a valid config; the message names the field."""
+
+
+def _prom_label(label: str) -> str:
+    """A Kubernetes label name as Prometheus's service discovery spells it (``app.kubernetes.io/x`` -> ``app_kubernetes_io_x``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -408,7 +414,13 @@ def desired_children(ragservice: dict, *, current_replicas: int | None = None) -
             "metadata": {"name": name, "labels": child_labels(name, COMPONENT_METRICS)},
             "spec": {
                 "selector": {"matchLabels": {**selector_labels(name), LABEL_COMPONENT: COMPONENT_METRICS}},
-                "endpoints": [{"port": PORT_NAME_METRICS, "path": PATH_PROM_METRICS, "interval": sm["interval"]}],
+                "endpoints": [{
+                    "port": PORT_NAME_METRICS, "path": PATH_PROM_METRICS, "interval": sm["interval"],
+                    # The API's series carry no RagService label: the dashboards and alerts group
+                    # by this one (and the `namespace` prometheus-operator adds).
+                    "relabelings": [{"sourceLabels": [f"__meta_kubernetes_service_label_{_prom_label(LABEL_INSTANCE)}"],
+                                     "targetLabel": "ragservice", "action": "replace"}],
+                }],
             },
         })
     for child in children:

@@ -91,6 +91,7 @@ def _run(namespace: str, name: str, *, wait: bool, full: bool) -> list[Outcome]:
     if passes:
         if passes[-1].ragservice is None:
             _managed.discard((namespace, name))
+            metrics.forget_ragservice(namespace, name)
         else:
             _managed.add((namespace, name))
         metrics.MANAGED_RAGSERVICES.set(len(_managed))
@@ -119,6 +120,7 @@ def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int,
 def forget_ragservice(namespace: str, name: str, **_: object) -> None:
     _managed.discard((namespace, name))
     _health.pop((namespace, name), None)
+    metrics.forget_ragservice(namespace, name)
     metrics.MANAGED_RAGSERVICES.set(len(_managed))
 
 

@@ -170,7 +170,10 @@ def test_monitoring_and_network_policy_toggles():
     kinds = by_kind(desired_children(rag({"monitoring": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
                                           "networkPolicy": {"enabled": True}})))
     sm = kinds["ServiceMonitor"][0]["spec"]
-    assert sm["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "relabelings": [
+        # the label the dashboards and alerts group the API's series by
+        {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "ragservice",
+         "action": "replace"}]}]
     assert sm["selector"]["matchLabels"][c.LABEL_COMPONENT] == "metrics"
     np = kinds["NetworkPolicy"][0]["spec"]
     assert np["podSelector"]["matchLabels"][c.LABEL_INSTANCE] == "demo"
