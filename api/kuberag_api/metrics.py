@@ -106,6 +106,8 @@ class Metrics:
         self._hit = {lvl: self.cache_hits.labels(lvl) for lvl in ("l1", "l2", "l3")}
         self._stage = {s: self.stage_duration.labels(s) for s in ("embed", "l3_lookup", "retrieve", "generate")}
         self._degraded = {c: self.degraded_answers.labels(c) for c in ("l2", "limiter", "llm")}
+        for scope in ("perReplica", "shared"):  # from 0, so the first refusals show in rate()
+            self.rate_limited.labels(scope)
         self._route_children: dict[tuple[str, str, int], tuple] = {}
 
     # --- request level ----------------------------------------------------------------------
