@@ -38,7 +38,8 @@ _Dumper.add_representer(str, _str)
 
 
 def dump(data: object) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+    # No folding: a folded line could split a {{ template }} in two.
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=float("inf"))
 
 
 def _header(source: str) -> str:
