@@ -134,9 +134,17 @@ def test_values_change_the_rendered_objects(helm):
     default = _by_kind_name(helm.template("kuberag", str(CHART), "--set", "prometheusRule.enabled=true"))
     tested = yaml.safe_load((ROOT / "dashboards/rules/kuberag.rules.yaml").read_text())
     assert default[("PrometheusRule", "kuberag")]["spec"] == tested
-    # A 70-character release name still gives valid names (63-character truncation).
-    long = helm.template("r" * 53, str(CHART), "--set", "dashboards.enabled=true")
-    assert all(len(d["metadata"]["name"]) <= 63 for d in long if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"))
+    # The longest release name Helm allows (53) still gives valid names: Services, Deployments and
+    # label values at most 63 characters (truncated), other names at most 253.
+    long = helm.template("r" * 53, str(CHART), "--set", "dashboards.enabled=true", "--set", "samples.enabled=true")
+    for d in long:
+        limit = 63 if d["kind"] in ("Service", "Deployment", "Pod", "RagService") else 253
+        assert len(d["metadata"]["name"]) <= limit, d["metadata"]["name"]
+        assert all(len(v) <= 63 for v in d["metadata"].get("labels", {}).values()), d["metadata"]["labels"]
+    sample = next(d for d in long if d["kind"] == "RagService")
+    assert sample["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert sample["spec"]["adminKeySecretRef"] == {"name": "docs-qa-admin", "key": "apiKey"}
+    assert sample["spec"]["corpus"] == {"configMap": {"name": "docs-qa-corpus"}}
 
 
 @pytest.mark.parametrize(("flag", "key"), [("operator.replicaCount=2", "replicaCount"),
@@ -196,34 +204,40 @@ def test_install_creates_the_crd_rbac_and_operator(release, control_plane):
     assert "create secret generic docs-qa-admin" in release["notes"]
 
 
-def test_the_installed_service_account_reconciles_the_sample(release, control_plane, tmp_path):
-    """The operator runs with the token of the ServiceAccount the chart created: its RBAC is enough."""
+@pytest.fixture(scope="module")
+def operator(release, control_plane, tmp_path_factory):
+    """The operator with the token of the ServiceAccount the chart created (the Deployment's pods
+    cannot run without a kubelet: this process stands in for them, with exactly their RBAC)."""
     ns = release["namespace"]
     kubeconfig = control_plane.service_account_kubeconfig(ns, "rel-kuberag-operator")
-    op = OperatorProcess(kubeconfig, tmp_path / "operator.log",
+    op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("chart-operator") / "operator.log",
                          ["--leader-elect", "--lease-namespace", ns, "--lease-name", "rel-kuberag-operator"]).start()
-    try:
-        with control_plane.api_client() as api:
-            custom = client.CustomObjectsApi(api)
+    yield op
+    op.stop()
 
-            def condition(ctype: str) -> dict:
-                rs = custom.get_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", "docs-qa")
-                return next((c for c in (rs.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
 
-            # The sample says which Secret it needs and stays Degraded until it exists.
-            wait_for(lambda: condition("Degraded").get("reason") == "SecretMissing", timeout=60,
-                     what="the sample Degraded (SecretMissing)", diagnose=op.log_tail)
-            assert "docs-qa-admin" in condition("Degraded")["message"]
-            client.CoreV1Api(api).create_namespaced_secret(ns, client.V1Secret(
-                metadata=client.V1ObjectMeta(name="docs-qa-admin"), string_data={"apiKey": "k"}))
-            wait_for(lambda: condition("Available").get("status") == "True", timeout=90,
-                     what="the sample Available under the chart's RBAC", diagnose=op.log_tail)
-            dep = client.AppsV1Api(api).read_namespaced_deployment("docs-qa", ns)
-            assert dep.spec.template.spec.containers[0].image == "ghcr.io/kuberag/kuberag:test"
-        log = (tmp_path / "operator.log").read_text()
-        assert "Forbidden" not in log and "forbidden" not in log, op.log_tail()
-    finally:
-        op.stop()
+def test_the_installed_service_account_reconciles_the_sample(release, operator, control_plane):
+    """The operator runs with the token of the ServiceAccount the chart created: its RBAC is enough."""
+    ns, op = release["namespace"], operator
+    with control_plane.api_client() as api:
+        custom = client.CustomObjectsApi(api)
+
+        def condition(ctype: str) -> dict:
+            rs = custom.get_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", "docs-qa")
+            return next((c for c in (rs.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
+
+        # The sample says which Secret it needs and stays Degraded until it exists.
+        wait_for(lambda: condition("Degraded").get("reason") == "SecretMissing", timeout=60,
+                 what="the sample Degraded (SecretMissing)", diagnose=op.log_tail)
+        assert "docs-qa-admin" in condition("Degraded")["message"]
+        client.CoreV1Api(api).create_namespaced_secret(ns, client.V1Secret(
+            metadata=client.V1ObjectMeta(name="docs-qa-admin"), string_data={"apiKey": "k"}))
+        wait_for(lambda: condition("Available").get("status") == "True", timeout=90,
+                 what="the sample Available under the chart's RBAC", diagnose=op.log_tail)
+        dep = client.AppsV1Api(api).read_namespaced_deployment("docs-qa", ns)
+        assert dep.spec.template.spec.containers[0].image == "ghcr.io/kuberag/kuberag:test"
+    log = op.log_path.read_text()
+    assert "Forbidden" not in log and "forbidden" not in log, op.log_tail()
 
 
 def test_upgrade_with_changed_values(release, helm, control_plane):
@@ -239,14 +253,36 @@ def test_upgrade_with_changed_values(release, helm, control_plane):
     assert status["version"] == 2 and status["info"]["status"] == "deployed"
 
 
-def test_uninstall_removes_the_release_but_keeps_the_crd(release, helm, control_plane):
+def test_uninstall_removes_the_release_but_keeps_the_crd(release, operator, helm, control_plane):
+    # The documented order: RagServices first, while the operator runs (it releases kopf's
+    # finalizer), then the release, whose uninstall also removes the operator's RBAC.
     ns = release["namespace"]
-    helm("uninstall", "rel", "-n", ns, "--wait")
     with control_plane.api_client() as api:
-        for read in (lambda: client.AppsV1Api(api).read_namespaced_deployment("rel-kuberag-operator", ns),
-                     lambda: client.RbacAuthorizationV1Api(api).read_cluster_role("rel-kuberag-operator")):
-            with pytest.raises(client.ApiException) as err:
+        custom = client.CustomObjectsApi(api)
+        custom.delete_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices", "docs-qa")
+
+        def gone(read) -> bool:
+            try:
                 read()
-            assert err.value.status == 404
+            except client.ApiException as exc:
+                assert exc.status == 404
+                return True
+            return False
+
+        def leftovers() -> str:
+            items = custom.list_namespaced_custom_object("kuberag.io", "v1alpha1", ns, "ragservices")["items"]
+            return "RagServices left: " + str([(i["metadata"]["name"], i["metadata"].get("finalizers")) for i in items])
+
+        wait_for(lambda: gone(lambda: custom.get_namespaced_custom_object(
+            "kuberag.io", "v1alpha1", ns, "ragservices", "docs-qa")), timeout=60, what="the sample deleted",
+            diagnose=lambda: leftovers() + "\n" + operator.log_tail())
+        out = helm("uninstall", "rel", "-n", ns)
+        assert 'release "rel" uninstalled' in out.stdout
+        for what, read in (
+                ("the operator Deployment", lambda: client.AppsV1Api(api).read_namespaced_deployment("rel-kuberag-operator", ns)),
+                ("the ClusterRole", lambda: client.RbacAuthorizationV1Api(api).read_cluster_role("rel-kuberag-operator")),
+                ("the ServiceAccount", lambda: client.CoreV1Api(api).read_namespaced_service_account(
+                    "rel-kuberag-operator", ns))):
+            wait_for(lambda read=read: gone(read), timeout=60, what=f"{what} deleted", diagnose=leftovers)
         # Helm never deletes crds/: RagServices survive an uninstall.
         client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD_NAME)

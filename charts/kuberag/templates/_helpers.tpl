@@ -25,6 +25,11 @@ The release name is used alone when it already contains the chart name.
 {{- printf "%s-operator" (include "kuberag.fullname" . | trunc 54 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The operator's metrics Service: a DNS label, so at most 63 characters too. */}}
+{{- define "kuberag.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "kuberag.operatorName" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "kuberag.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -46,7 +51,7 @@ Selector labels of the operator pods. The name is "<name>-operator" (as in manif
 namespace can never select the operator's pods.
 */}}
 {{- define "kuberag.operatorSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "kuberag.name" . }}-operator
+app.kubernetes.io/name: {{ include "kuberag.name" . | trunc 54 | trimSuffix "-" }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
