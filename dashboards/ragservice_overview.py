@@ -13,6 +13,9 @@ from dashboards.panels import NOT_PROBES, RATE, datasource_variable, query_varia
 
 UID = "kuberag-ragservice-overview"
 SEL = 'namespace="$namespace", ragservice="$ragservice"'
+# No 5xx series exists until the first 5xx: `or vector(0)` shows a 0 ratio instead of no data.
+ERROR_RATIO = (f'(sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}, status=~"5.."}}[{RATE}])) or vector(0)) '
+               f"/ sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}}}[{RATE}]))")
 
 
 def _quantiles(metric: str, labels: str, by: str = "") -> list[tuple[str, str]]:
@@ -35,9 +38,7 @@ def build() -> dashboard.Dashboard:
                                       'label_values(kuberag_http_requests_total{namespace="$namespace"}, ragservice)'))
         # --- headline -------------------------------------------------------------------------
         .with_panel(single("Requests/s", "reqps", f"sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}}}[{RATE}]))"))
-        .with_panel(single("Error ratio", "percentunit",
-                           f'sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}, status=~"5.."}}[{RATE}])) '
-                           f"/ sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}}}[{RATE}]))"))
+        .with_panel(single("Error ratio", "percentunit", ERROR_RATIO))
         .with_panel(single("p99 /query", "s",
                            f'histogram_quantile(0.99, sum by (le) (rate(kuberag_http_request_duration_seconds_bucket{{{SEL}, route="/query"}}[{RATE}])))'))
         .with_panel(single("Cache hit ratio", "percentunit",
@@ -52,9 +53,7 @@ def build() -> dashboard.Dashboard:
         .with_row(dashboard.Row("Traffic and latency"))
         .with_panel(series("Request rate by status", "reqps",
                            (f"sum by (status) (rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}}}[{RATE}]))", "{{status}}")))
-        .with_panel(series("Error ratio (5xx)", "percentunit",
-                           (f'sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}, status=~"5.."}}[{RATE}])) '
-                            f"/ sum(rate(kuberag_http_requests_total{{{SEL}, {NOT_PROBES}}}[{RATE}]))", "5xx ratio")))
+        .with_panel(series("Error ratio (5xx)", "percentunit", (ERROR_RATIO, "5xx ratio")))
         .with_panel(series("POST /query latency", "s",
                            *_quantiles("kuberag_http_request_duration_seconds", f'{SEL}, route="/query"'),
                            description="Quantiles from the request duration histogram."))

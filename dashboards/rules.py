@@ -55,7 +55,9 @@ def recording_rules(t: Thresholds) -> list[dict]:
     rules = [
         {"record": "namespace_ragservice:kuberag_http_requests:rate5m", "expr": requests},
         {"record": "namespace_ragservice:kuberag_http_errors:ratio_rate5m",
-         "expr": f'sum by ({BY}) (rate(kuberag_http_requests_total{{{NOT_PROBES}, status=~"5.."}}[5m]))\n'
+         # A RagService without any 5xx has no 5xx series: `or` gives it a 0 ratio, not none.
+         "expr": f'(\n  sum by ({BY}) (rate(kuberag_http_requests_total{{{NOT_PROBES}, status=~"5.."}}[5m]))\n'
+                 f"  or\n  0 * namespace_ragservice:kuberag_http_requests:rate5m\n)\n"
                  f"/\nnamespace_ragservice:kuberag_http_requests:rate5m"},
         {"record": "namespace_ragservice:kuberag_queries:rate5m",
          "expr": f"sum by ({BY}) (rate(kuberag_cache_hits_total[5m]))\n+\n"

@@ -11,6 +11,8 @@ RECONCILES = Counter(
     "RagService reconciles by result (success, secret_missing, invalid_spec, name_conflict, error).",
     ["result"],
 )
+for _result in ("success", "secret_missing", "invalid_spec", "error"):
+    RECONCILES.labels(_result)  # from 0: the first errors show in rate(), and the error panel has data
 RECONCILE_DURATION = Histogram(
     "kuberag_operator_reconcile_duration_seconds",
     "Time of one RagService reconcile (read, apply every child, write status).",
