@@ -91,8 +91,16 @@ def build() -> dashboard.Dashboard:
                            description="Answers given with a part of the pipeline skipped: l2 (Redis sidecar down), "
                                        "limiter (shared limiter fell back), llm (extractive fallback)."))
         .with_panel(series("LLM tokens", "short",
-                           (f"sum by (kind) (rate(kuberag_llm_tokens_total{{{SEL}}}[{RATE}]))", "{{kind}}"),
-                           description="Tokens per second by kind (prompt, completion)."))
+                           (f"sum by (model, kind) (rate(kuberag_llm_tokens_total{{{SEL}}}[{RATE}]))", "{{model}} {{kind}}"),
+                           description="Tokens per second by model and kind (prompt, completion)."))
+        .with_panel(series("LLM estimated cost", "short",
+                           (f"sum by (model) (increase(kuberag_llm_estimated_cost_total{{{SEL}}}[1h]))", "{{model}} per hour"),
+                           description="From the configured prices, in their currency."))
+        .with_panel(series("LLM fallbacks and retries", "ops",
+                           (f"sum by (reason) (rate(kuberag_llm_fallbacks_total{{{SEL}}}[{RATE}]))", "fallback {{reason}}"),
+                           (f"sum by (reason) (rate(kuberag_llm_retries_total{{{SEL}}}[{RATE}]))", "retry {{reason}}"),
+                           (f"max(kuberag_llm_circuit_open{{{SEL}}})", "circuit open"),
+                           description="Answers that fell back to the extractive generator, retried calls, the LLM circuit breaker."))
         .with_panel(series("Errors by kind", "ops",
                            (f"sum by (kind) (rate(kuberag_errors_total{{{SEL}}}[{RATE}]))", "{{kind}}")))
         .with_panel(series("Corpus", "short",

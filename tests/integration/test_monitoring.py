@@ -124,7 +124,8 @@ def test_every_panel_query_evaluates_and_the_core_panels_have_data(scenario):
             "Reconcile duration", "Managed RagServices", "Leader")
     assert not [e for e in empty if e.split(": ")[1] in core], "core panels without data:\n" + "\n".join(empty)
     # Only panels whose events the load cannot cause here may be empty (LLM tokens: no LLM; errors, drift).
-    assert {e.split(": ")[1] for e in empty} <= {"LLM tokens", "Errors by kind", "Cache backend errors",
+    assert {e.split(": ")[1] for e in empty} <= {"LLM tokens", "LLM estimated cost", "LLM fallbacks and retries",
+                                                   "Errors by kind", "Cache backend errors",
                                                    "Drift corrections by kind", "RagServices not Available",
                                                    "Shared limiter fallback"}, empty
 
