@@ -80,11 +80,20 @@ e2e: venv system-deps tools ## End-to-end suite on a real kubelet node started h
 e2e-kind: venv ## The same end-to-end suite on a kind cluster (needs Docker and kind; not run on this machine)
 	@bash hack/e2e-kind.sh $(PY)
 
+##@ Monitoring
+
+.PHONY: dashboards-preview
+dashboards-preview: venv system-deps ## Render dashboards/preview.png from a real Prometheus scraping a loaded kuberag serve
+	$(PY) -m dashboards.preview dashboards/preview.png
+
 ##@ Operator
 
+.PHONY: generate
+generate: venv ## Regenerate every copy from its source: CRD, RBAC, dashboards, rules, chart files (a test checks drift)
+	$(PY) -m hack.generate
+
 .PHONY: manifests
-manifests: venv ## Regenerate manifests/crd/bases/kuberag.io_ragservices.yaml from kuberag_operator/crd.py
-	$(PY) -m kuberag_operator.crd manifests/crd/bases/kuberag.io_ragservices.yaml
+manifests: generate ## Alias of generate (the CRD and RBAC in manifests/ are among the copies)
 
 .PHONY: bench-operator
 bench-operator: venv system-deps tools ## Operator: apply-to-children latency, time to reconcile 100 RagServices

@@ -42,6 +42,7 @@ from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.schemas import QUESTION_PATTERN, OpenAIErrorBody, problem
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService, TokenLimitExceeded
 from kuberag_api.settings import Settings
+from kuberag_api.shutdown import GracefulShutdown
 from kuberag_api.status import ReadinessProbe
 from kuberag_api.token_limit import TokenLimiter
 
@@ -199,6 +200,7 @@ def create_app(
     # Ingestion (chunking, embedding uploads) has its own thread: it never takes a query's thread.
     ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kuberag-ingest")
     parser = ParserProcess()
+    shutdown = GracefulShutdown(settings.server.shutdown_seconds, on_expire=parser.stop)
     slot = EngineSlot(engine)
     cfg = live.config
     if generator is None:
@@ -210,6 +212,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        shutdown.bind(asyncio.get_running_loop())
         tasks: list[asyncio.Task] = []
         if serve_metrics and settings.server.metrics_port is not None:
             port = metrics.serve(settings.server.host, settings.server.metrics_port)
@@ -254,6 +257,7 @@ def create_app(
         "settings": settings, "live": live, "metrics": metrics, "cache": cache, "limiter": limiter,
         "slot": slot, "query_service": query_service, "document_service": document_service,
         "readiness": readiness, "executor": executor, "client_keys": keys, "started_at": time.time(),
+        "shutdown": shutdown, "ingest_executor": ingest_executor,
     })
 
     def _from_state(name: str) -> Provide:
@@ -309,6 +313,6 @@ def create_app(
     document_streaming(app.openapi_schema)
     fix_options_allow(app)
     # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
-    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log)
+    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log, shutdown)
     return app
 

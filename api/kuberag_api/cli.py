@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from kuberag_contract import ENV_DATA_DIR
@@ -50,13 +52,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (SettingsError, ConfigError) as exc:
         _err(str(exc))
         return EXIT_USAGE
+    from kuberag_api.http_protocol import LimitedHttpToolsProtocol
+
+    shutdown = app.state.shutdown
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[override]
+            shutdown.begin()  # new requests 503 from now on; in-flight ones get the bound
+            super().handle_exit(sig, frame)
+
     # One worker per pod (scale with replicas); uvloop + httptools measured fastest here (README).
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, workers=1, loop="uvloop",
-                http="httptools", access_log=False, log_config=None, lifespan="on",
-                # The client address is resolved by kuberag_api.identity from rateLimit.trustedProxies
-                # (live config); uvicorn's rewrite would trust X-Forwarded-For from 127.0.0.1 always.
-                proxy_headers=False,
-                timeout_graceful_shutdown=10)
+    config = uvicorn.Config(
+        app, host=settings.server.host, port=settings.server.port, workers=1, loop="uvloop",
+        # httptools with limits on the request head (431 before buffering it)
+        http=LimitedHttpToolsProtocol, access_log=False, log_config=None, lifespan="on",
+        # The client address is resolved by kuberag_api.identity from rateLimit.trustedProxies
+        # (live config); uvicorn's rewrite would trust X-Forwarded-For from 127.0.0.1 always.
+        proxy_headers=False,
+        # Later than the app's own bound, which answers what is left with 503s (uvicorn's cancel
+        # would make them 500s).
+        timeout_graceful_shutdown=int(shutdown.seconds) + 5)
+    Server(config).run()
+    # An ingestion thread may still be embedding a document whose upload was already answered 503:
+    # do not wait minutes for it (Python joins executor threads at exit). Each write is one SQLite
+    # transaction (WAL), so the index stays whole whether or not it got that far.
+    if any(t.is_alive() and t.name.startswith("kuberag-ingest") for t in threading.enumerate()):
+        logging.shutdown()
+        os._exit(EXIT_OK)
     return EXIT_OK
 
 

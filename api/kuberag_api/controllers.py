@@ -28,7 +28,7 @@ from kuberag_api.cache.entry import CachedAnswer
 from kuberag_api.identity import identity_of
 from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
-from kuberag_api.middleware import client_key_of
+from kuberag_api.middleware import client_key_of, degraded_causes
 from kuberag_api.openapi import problems
 from kuberag_api.rag.engine import normalise_upload_name
 from kuberag_api.request_bodies import parse_multipart_upload
@@ -99,7 +99,6 @@ def _cache_flags(request: Request, data: QueryRequest) -> tuple[bool, bool]:
 
 def _response(outcome: QueryOutcome, started: float, request: Request) -> QueryResponse:
     entry: CachedAnswer = outcome.entry
-    limiter_degraded = bool(request.scope.get("state", {}).get("limiter_degraded"))
     return QueryResponse(
         answer=entry.answer,
         sources=list(entry.sources),
@@ -108,7 +107,7 @@ def _response(outcome: QueryOutcome, started: float, request: Request) -> QueryR
         timestamp=_now(),
         cache_level=outcome.cache_level,  # type: ignore[arg-type]
         request_id=request_id_var.get() or "",
-        degraded=outcome.degraded or limiter_degraded,
+        degraded=bool(degraded_causes(request, outcome.degraded)),
         model=entry.model,
         similarity=round(outcome.similarity, 4) if outcome.similarity is not None else None,
         usage=_usage(outcome),
@@ -163,7 +162,8 @@ class QueryController(Controller):
         lookup, store = _cache_flags(request, data)
         outcome = await query_service.answer(data.question, lookup=lookup, store=store, client=client_key_of(request))
         response = _response(outcome, started, request)
-        query_service.metrics.observe_query(outcome.cache_level, response.latency_ms)
+        query_service.metrics.observe_query(outcome.cache_level, response.latency_ms,
+                                            degraded_causes(request, outcome.degraded))
         if outcome.tokens is not None:
             return Response(response, headers=outcome.tokens.headers())  # type: ignore[return-value]
         return response
@@ -199,7 +199,8 @@ class QueryController(Controller):
                                                      data=msgspec.json.encode({"text": payload}).decode())
                     else:
                         response = _response(payload, started, request)
-                        metrics.observe_query(payload.cache_level, response.latency_ms)
+                        metrics.observe_query(payload.cache_level, response.latency_ms,
+                                              degraded_causes(request, payload.degraded))
                         yield ServerSentEventMessage(event="done", data=msgspec.json.encode(response).decode())
             finally:
                 request_id_var.reset(token)

@@ -73,6 +73,16 @@ class Metrics:
         self.client_keys_reload_errors = Counter(
             "kuberag_client_keys_reload_errors", "Client-keys files refused (the last good keys stay)", registry=r
         )
+        self.config_last_reload_successful = Gauge(
+            "kuberag_config_last_reload_successful", "0 while the newest config file is refused (the last good one runs)",
+            registry=r,
+        )
+        self.config_last_reload_successful.set(1)
+        self.degraded_answers = Counter(
+            "kuberag_degraded_answers", "Answers given with a part of the pipeline skipped, by cause "
+            "(l2: Redis sidecar down, limiter: shared limiter fell back to per replica, llm: extractive fallback)",
+            ["cause"], registry=r,
+        )
         self.errors = Counter("kuberag_errors", "Errors by kind", ["kind"], registry=r)
         self.llm_tokens = Counter("kuberag_llm_tokens", "LLM tokens by model and kind (prompt, completion)",
                                   ["model", "kind"], registry=r)
@@ -95,6 +105,9 @@ class Metrics:
         # children bound once: label lookups are off the hot path
         self._hit = {lvl: self.cache_hits.labels(lvl) for lvl in ("l1", "l2", "l3")}
         self._stage = {s: self.stage_duration.labels(s) for s in ("embed", "l3_lookup", "retrieve", "generate")}
+        self._degraded = {c: self.degraded_answers.labels(c) for c in ("l2", "limiter", "llm")}
+        for scope in ("perReplica", "shared"):  # from 0, so the first refusals show in rate()
+            self.rate_limited.labels(scope)
         self._route_children: dict[tuple[str, str, int], tuple] = {}
 
     # --- request level ----------------------------------------------------------------------
@@ -112,7 +125,9 @@ class Metrics:
             if status >= 500:
                 self.errors.labels("http_5xx").inc()
 
-    def observe_query(self, cache_level: str | None, latency_ms: float) -> None:
+    def observe_query(self, cache_level: str | None, latency_ms: float, degraded: tuple[str, ...] = ()) -> None:
+        for cause in degraded:
+            self._degraded[cause].inc()
         s = self.summary
         s.total_requests += 1
         s.latency_ms_sum += latency_ms

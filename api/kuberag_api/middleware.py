@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -20,11 +21,17 @@ from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.rate_limit import RateLimiter, caller_bucket, user_id_of
 from kuberag_api.schemas import OpenAIErrorBody, encode_problem, problem
+from kuberag_api.shutdown import GracefulShutdown
 
 access_log = logging.getLogger("kuberag.access")
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 QUERY_PATHS = frozenset({"/query", "/query/stream", "/v1/chat/completions"})
+
+
+def degraded_causes(request: Request, causes: tuple[str, ...]) -> tuple[str, ...]:
+    """An answer's degraded causes, plus "limiter" when the shared limiter failed and this request was limited per replica."""
+    return causes + ("limiter",) * bool(request.scope.get("state", {}).get("limiter_degraded"))
 
 
 def client_key_of(request: Request) -> str:
@@ -74,10 +81,11 @@ class RequestContext:
 
     SLOW_SECONDS = 0.25
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str, shutdown: GracefulShutdown) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log_mode = access_log_mode
+        self.shutdown = shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,16 +97,39 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
         rid_header = (b"x-request-id", rid.encode())
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        shutdown = self.shutdown
+        task = asyncio.current_task()
         try:
-            await self.app(scope, receive, send_with_id)
+            if shutdown.draining and scope["path"] != "/healthz":
+                await send_problem(send_with_id, 503, "Service Unavailable",
+                                   "the server is shutting down: send the request again (another replica answers)",
+                                   {"Retry-After": "1", "Connection": "close"}, scope=scope)
+                return
+            shutdown.track(task)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except asyncio.CancelledError:
+                if not shutdown.expired:
+                    raise
+                # Cancelled at the shutdown bound: a clean 503, not uvicorn's 500.
+                task.uncancel()
+                if not started_response:
+                    await send_problem(send_with_id, 503, "Service Unavailable",
+                                       f"the server shut down before this request finished (bound "
+                                       f"{shutdown.seconds:g} s): send it again",
+                                       {"Retry-After": "1", "Connection": "close"}, scope=scope)
+            finally:
+                shutdown.untrack(task)
         finally:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)

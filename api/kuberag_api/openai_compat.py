@@ -25,7 +25,7 @@ from litestar.response import Stream
 
 from kuberag_api.cache.entry import CachedSource
 from kuberag_api.log_format import request_id_var
-from kuberag_api.middleware import client_key_of
+from kuberag_api.middleware import client_key_of, degraded_causes
 from kuberag_api.openapi import problems
 from kuberag_api.rag import GenerationError
 from kuberag_api.rag.generation import REWRITE_PROMPT
@@ -173,11 +173,12 @@ async def _self_contained(service: QueryService, question: str, history: list[tu
     return text, "rewritten"
 
 
-def _extension(outcome: QueryOutcome, question: str, history: str, *, sources: bool) -> KuberagExtension:
+def _extension(outcome: QueryOutcome, question: str, history: str, *, sources: bool,
+               degraded: tuple[str, ...]) -> KuberagExtension:
     return KuberagExtension(
         sources=list(outcome.entry.sources) if sources else None, question=question, history=history,
         cache_hit=outcome.cache_level is not None, cache_level=outcome.cache_level,  # type: ignore[arg-type]
-        degraded=outcome.degraded, estimated_cost=outcome.usage.estimated_cost if outcome.usage else None,
+        degraded=bool(degraded), estimated_cost=outcome.usage.estimated_cost if outcome.usage else None,
         request_id=request_id_var.get() or "",
     )
 
@@ -235,11 +236,12 @@ class OpenAIController(Controller):
         client = client_key_of(request)
         if not data.stream:
             outcome = await query_service.answer(question, lookup=lookup, store=store, client=client)
-            query_service.metrics.observe_query(outcome.cache_level, (time.perf_counter() - started) * 1000)
+            causes = degraded_causes(request, outcome.degraded)
+            query_service.metrics.observe_query(outcome.cache_level, (time.perf_counter() - started) * 1000, causes)
             body = ChatCompletion(
                 id=cid, object="chat.completion", created=created, model=name,
                 choices=[Choice(0, AssistantMessage("assistant", outcome.entry.answer), "stop")],
-                usage=_usage(outcome), kuberag=_extension(outcome, question, history_use, sources=True),
+                usage=_usage(outcome), kuberag=_extension(outcome, question, history_use, sources=True, degraded=causes),
             )
             return Response(body, headers=outcome.tokens.headers() if outcome.tokens else None)
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
@@ -265,8 +267,10 @@ class OpenAIController(Controller):
                         yield _chunk(cid, created, name, {"content": payload})
                     else:
                         outcome: QueryOutcome = payload
-                        metrics.observe_query(outcome.cache_level, (time.perf_counter() - started) * 1000)
-                        ext = msgspec.to_builtins(_extension(outcome, question, history_use, sources=False))
+                        causes = degraded_causes(request, outcome.degraded)
+                        metrics.observe_query(outcome.cache_level, (time.perf_counter() - started) * 1000, causes)
+                        ext = msgspec.to_builtins(_extension(outcome, question, history_use, sources=False,
+                                                             degraded=causes))
                         yield _chunk(cid, created, name, {}, "stop", kuberag={k: v for k, v in ext.items()
                                                                              if k != "sources"})
                         if include_usage:

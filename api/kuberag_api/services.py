@@ -104,7 +104,7 @@ class QueryOutcome:
     entry: CachedAnswer
     cache_level: str | None
     similarity: float | None
-    degraded: bool
+    degraded: tuple[str, ...]  # causes: "l2" (Redis sidecar down), "llm" (extractive fallback)
     usage: LLMUsage | None = None
     tokens: TokenDecision | None = None
     """The client's token-limit decision when this answer reserved LLM tokens (for its headers)."""
@@ -172,9 +172,10 @@ class QueryService:
             self._scope_parts = parts
         return self._scope_token
 
-    def degraded(self) -> bool:
-        """A part of the pipeline is skipped right now (L2 cache down)."""
-        return self.cache.l2_enabled and not self.cache.l2.up
+    def degraded(self, llm_failed: bool = False) -> tuple[str, ...]:
+        """The parts of the pipeline this answer skipped: the L2 cache (down), the LLM (failed)."""
+        l2_down = self.cache.l2_enabled and not self.cache.l2.up
+        return ("llm",) * llm_failed + ("l2",) * l2_down
 
     async def _cpu(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
@@ -303,7 +304,7 @@ class QueryService:
         if store and not llm_degraded:
             self.cache.put(key, scope, entry, vector, norm)
         log.info("answered", extra={"question": truncate(question), "passages": len(passages), "model": model})
-        return QueryOutcome(entry, None, None, llm_degraded or self.degraded(), usage, decision)
+        return QueryOutcome(entry, None, None, self.degraded(llm_failed=llm_degraded), usage, decision)
 
     async def stream(self, question: str, *, lookup: bool = True, store: bool = True, client: str | None = None
                      ) -> AsyncIterator[tuple[str, Any]]:
@@ -372,7 +373,7 @@ class QueryService:
                              usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
         if store and not degraded:
             self.cache.put(key, scope, entry, vector, norm)
-        yield "done", QueryOutcome(entry, None, None, degraded or self.degraded(), usage, decision)
+        yield "done", QueryOutcome(entry, None, None, self.degraded(llm_failed=degraded), usage, decision)
 
 
 class DocumentService:

@@ -69,6 +69,9 @@ class ServerSettings:
     """KUBERAG_ACCESS_LOG: ``all`` (a JSON line per request), ``notable`` (errors and requests slower
     than 250 ms; computed answers are logged by the query service anyway) or ``off``. ``notable``
     by default: a line per cache hit costs about as much as the hit itself (measured)."""
+    shutdown_seconds: float = contract.SHUTDOWN_SECONDS
+    """KUBERAG_SHUTDOWN_SECONDS: after SIGTERM, how long requests in flight may go on (see
+    ``shutdown``); uvicorn's own timeout is 5 s longer. Keep it under the pod's grace period."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
@@ -88,6 +91,7 @@ class ServerSettings:
             metrics_port=metrics_port,
             log_level=(_opt(env, "KUBERAG_LOG_LEVEL", "INFO") or "INFO").upper(),
             access_log=_access_log(env.get("KUBERAG_ACCESS_LOG", "notable")),
+            shutdown_seconds=max(0.0, _float(env, "KUBERAG_SHUTDOWN_SECONDS", contract.SHUTDOWN_SECONDS)),
         )
 
 

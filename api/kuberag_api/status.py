@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from kuberag_api.cache.tiers import AnswerCache
@@ -87,7 +88,12 @@ class ReadinessProbe:
         m = self.metrics
         l2_up = self.cache.l2_enabled and self.cache.l2.up
         m.redis_up.set(1 if l2_up else 0)
-        m.dependency_up.labels("redis").set(1 if l2_up else 0)
+        if self.cache.l2_enabled:
+            m.dependency_up.labels("redis").set(1 if l2_up else 0)
+        else:  # L2 off by design is not a Redis outage: no series for the KuberagRedisSidecarDown alert
+            with contextlib.suppress(KeyError):
+                m.dependency_up.remove("redis")
+        m.config_last_reload_successful.set(0 if self.live.last_error else 1)
         m.dependency_up.labels("index").set(1 if self.slot.ready else 0)
         shared = self.limiter.live.config.rate_limit.scope == "shared"
         degraded = shared and (self.limiter.shared is None or self.limiter.degraded)

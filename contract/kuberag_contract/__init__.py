@@ -69,6 +69,14 @@ ADMIN_HEADER = "X-API-Key"
 # Client keys come in X-API-Key or ``Authorization: Bearer <key>`` (OpenAI-style clients).
 CLIENT_KEY_HEADER = "X-API-Key"
 
+# --- graceful shutdown -----------------------------------------------------------------------
+# The API answers requests in flight for up to SHUTDOWN_SECONDS after SIGTERM (new ones get 503).
+# The pod waits PRESTOP_SLEEP_SECONDS before that signal, so kube-proxy and ingresses stop routing
+# to it first, and allows TERMINATION_GRACE_SECONDS in all (> sleep + bound + uvicorn's slack).
+SHUTDOWN_SECONDS = 20
+PRESTOP_SLEEP_SECONDS = 5
+TERMINATION_GRACE_SECONDS = 40
+
 # --- containers ------------------------------------------------------------------------------
 CONTAINER_API = "api"
 CONTAINER_REDIS = "redis"

@@ -9,6 +9,7 @@ reference to the RagService. The pod shape is the pinned operator<->API contract
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import kopf
@@ -57,7 +58,9 @@ from kuberag_contract import (
     PATH_READYZ,
     PORT_NAME_HTTP,
     PORT_NAME_METRICS,
+    PRESTOP_SLEEP_SECONDS,
     RUN_AS_UID,
+    TERMINATION_GRACE_SECONDS,
     redis_sidecar_args,
 )
 from kuberag_contract.config import (
@@ -100,6 +103,11 @@ OPTIONAL_KINDS = (
 
 class SpecError(ValueError):
     """The spec passed the schema but cannot be turned into a valid config; the message names the field."""
+
+
+def _prom_label(label: str) -> str:
+    """A Kubernetes label name as Prometheus's service discovery spells it (``app.kubernetes.io/x`` -> ``app_kubernetes_io_x``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -258,6 +266,8 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
         ],
         # Index building at start may take a while: the startup probe holds liveness off meanwhile.
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
+        # Routing stops before the API drains (it answers new requests 503 from SIGTERM on).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "livenessProbe": {**probe, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": PATH_READYZ, "port": PORT_NAME_HTTP}, "periodSeconds": 5,
                            "timeoutSeconds": 3, "failureThreshold": 2},
@@ -310,6 +320,7 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
             },
             "spec": {
                 "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "enableServiceLinks": False,
                 "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_UID, "fsGroup": RUN_AS_UID,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
@@ -403,7 +414,13 @@ def desired_children(ragservice: dict, *, current_replicas: int | None = None) -
             "metadata": {"name": name, "labels": child_labels(name, COMPONENT_METRICS)},
             "spec": {
                 "selector": {"matchLabels": {**selector_labels(name), LABEL_COMPONENT: COMPONENT_METRICS}},
-                "endpoints": [{"port": PORT_NAME_METRICS, "path": PATH_PROM_METRICS, "interval": sm["interval"]}],
+                "endpoints": [{
+                    "port": PORT_NAME_METRICS, "path": PATH_PROM_METRICS, "interval": sm["interval"],
+                    # The API's series carry no RagService label: the dashboards and alerts group
+                    # by this one (and the `namespace` prometheus-operator adds).
+                    "relabelings": [{"sourceLabels": [f"__meta_kubernetes_service_label_{_prom_label(LABEL_INSTANCE)}"],
+                                     "targetLabel": "ragservice", "action": "replace"}],
+                }],
             },
         })
     for child in children:

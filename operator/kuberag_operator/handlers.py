@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import logging
 import os
@@ -27,6 +28,7 @@ from kuberag_operator.children import selector_string
 from kuberag_operator.health import DependencyHealth, pods_health
 from kuberag_operator.kube import Cluster, load_kube_config
 from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
+from kuberag_operator.status import dependency_condition
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,8 @@ def configure(settings: kopf.OperatorSettings, **_: object) -> None:
     # Strict mode: no namespace/CRD scanning, so no cluster-wide list/watch of those (least privilege).
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
+    # Reconciles wait on the API server most of the time: more threads, more in flight.
+    settings.execution.max_workers = 16
 
 
 def _run(namespace: str, name: str, *, wait: bool, full: bool) -> list[Outcome]:
@@ -91,6 +94,7 @@ def _run(namespace: str, name: str, *, wait: bool, full: bool) -> list[Outcome]:
     if passes:
         if passes[-1].ragservice is None:
             _managed.discard((namespace, name))
+            metrics.forget_ragservice(namespace, name)
         else:
             _managed.add((namespace, name))
         metrics.MANAGED_RAGSERVICES.set(len(_managed))
@@ -102,11 +106,22 @@ def _backoff(retry: int) -> float:
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+def resume_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
+    """At operator start every child is applied: a new operator version may declare less."""
+    _handle(namespace, name, body, retry, full=True)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
+    """A new spec generation: every child is applied, unless another trigger's pass already
+    applied this generation (then only what differs)."""
+    _handle(namespace, name, body, retry, full=False)
+
+
+def _handle(namespace: str, name: str, body: kopf.Body, retry: int, *, full: bool) -> None:
     try:
-        passes = _run(namespace, name, wait=True, full=True)
+        passes = _run(namespace, name, wait=True, full=full)
     except ReconcileFailed as exc:
         kopf.warn(body, reason=exc.reason, message=str(exc))
         if exc.temporary:
@@ -119,6 +134,7 @@ def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int,
 def forget_ragservice(namespace: str, name: str, **_: object) -> None:
     _managed.discard((namespace, name))
     _health.pop((namespace, name), None)
+    metrics.forget_ragservice(namespace, name)
     metrics.MANAGED_RAGSERVICES.set(len(_managed))
 
 
@@ -135,17 +151,26 @@ async def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: objec
     Async, on a pool of its own: reading pods can wait seconds on timeouts, and kopf's worker
     threads must stay free for reconciles."""
     generation = body.get("metadata", {}).get("generation")
-    await asyncio.get_running_loop().run_in_executor(_health_pool, _refresh_health, namespace, name, generation)
+    status = dict(body.get("status") or {})
+    # In kopf's context (its settings, for posting events), as kopf runs its own sync handlers.
+    context = contextvars.copy_context()
+    await asyncio.get_running_loop().run_in_executor(_health_pool, context.run, _refresh_health, namespace, name,
+                                                     generation, status)
 
 
-def _refresh_health(namespace: str, name: str, generation: int | None) -> None:
+def _refresh_health(namespace: str, name: str, generation: int | None, status: dict) -> None:
     try:
         pods = cluster().list_pods(namespace, selector_string(name))
     except Exception as exc:  # a failed read leaves the last one in place; the next timer tries again
         logger.warning("listing the pods of %s/%s failed: %s", namespace, name, exc)
         return
-    _health[(namespace, name)] = pods_health(pods, generation)
-    _reconcile_from_event(namespace, name)
+    health = pods_health(pods, generation)
+    previous = _health.get((namespace, name))
+    _health[(namespace, name)] = health
+    # Refresh status when the pods say something new, or while no pod is ready (Degraded after a while).
+    if (previous is None or dependency_condition(previous) != dependency_condition(health)
+            or not status.get("readyReplicas")):
+        _reconcile_from_event(namespace, name)
 
 
 def _owner_name(body: dict) -> str | None:
@@ -190,11 +215,12 @@ def on_child_event(type: str | None, event: dict, namespace: str, **_: object) -
     observed = cluster().observed
     if type == "DELETED":
         observed.forget(raw.get("kind", ""), namespace, raw.get("metadata", {}).get("name", ""))
+        news = True
     else:
-        observed.put(copy.deepcopy(raw))
+        news = observed.put(copy.deepcopy(raw))
     owner = _owner_name(raw)
     # type None is the initial listing: resume handlers already reconcile every RagService.
-    if owner is None or type is None:
+    if owner is None or type is None or not news:
         return
     _reconcile_from_event(namespace, owner)
 

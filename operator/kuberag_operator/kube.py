@@ -11,6 +11,7 @@ import os
 import tempfile
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from kuberag_contract import GROUP, PLURAL, VERSION
@@ -51,7 +52,7 @@ def load_kube_config() -> None:
 
 def request_resource(path: str) -> str:
     """``deployments``, ``ragservices/status``...: the resource a request path names (for counting)."""
-    parts = [p for p in path.split("?")[0].strip("/").split("/") if p]
+    parts = [p for p in urllib.parse.urlsplit(path).path.strip("/").split("/") if p]
     if "namespaces" in parts:
         i = parts.index("namespaces") + 2
         if i < len(parts):
@@ -64,13 +65,9 @@ def request_resource(path: str) -> str:
 class _CountingApiClient(client.ApiClient):
     """Counts every request by method and resource: the reconcile's API cost, measured."""
 
-    def call_api(self, resource_path: str, method: str, path_params: dict | None = None, *args: Any,
-                 **kwargs: Any) -> Any:
-        path = resource_path
-        for key, value in (path_params or {}).items():
-            path = path.replace(f"{{{key}}}", str(value))
-        metrics.API_REQUESTS.labels(method, request_resource(path)).inc()
-        return super().call_api(resource_path, method, path_params, *args, **kwargs)
+    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(method, request_resource(url)).inc()
+        return super().call_api(method, url, *args, **kwargs)
 
 
 def _newer(a: dict, b: dict) -> bool:
@@ -79,6 +76,22 @@ def _newer(a: dict, b: dict) -> bool:
         return int(a["metadata"]["resourceVersion"]) >= int(b["metadata"]["resourceVersion"])
     except (KeyError, TypeError, ValueError):
         return True  # not comparable: the latest one seen wins
+
+
+# The parts of a Deployment's status that the RagService's status is computed from.
+_DEPLOYMENT_STATUS = ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+_VOLATILE_METADATA = ("resourceVersion", "managedFields", "generation")
+
+
+def _relevant(obj: dict) -> tuple:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _VOLATILE_METADATA}
+    body = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    status = obj.get("status") or {}
+    used = None
+    if obj.get("kind") == "Deployment":
+        progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
+        used = ([status.get(k) for k in _DEPLOYMENT_STATUS], progressing.get("reason"))
+    return meta, body, used
 
 
 class ObservedChildren:
@@ -99,12 +112,17 @@ class ObservedChildren:
         with self._lock:
             return self._objects.get((kind, namespace, name))
 
-    def put(self, obj: dict) -> None:
+    def put(self, obj: dict) -> bool:
+        """Keep ``obj`` unless a later version is known; True when it tells something new: a
+        change beyond the status churn a reconcile does not read (a watch event that only echoes
+        the operator's own apply, or a PDB's status update, is not worth a reconcile)."""
         key = self._key(obj)
         with self._lock:
             old = self._objects.get(key)
-            if old is None or _newer(obj, old):
-                self._objects[key] = obj
+            if old is not None and not _newer(obj, old):
+                return False
+            self._objects[key] = obj
+        return old is None or _relevant(obj) != _relevant(old)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:

@@ -11,6 +11,8 @@ RECONCILES = Counter(
     "RagService reconciles by result (success, secret_missing, invalid_spec, name_conflict, error).",
     ["result"],
 )
+for _result in ("success", "secret_missing", "invalid_spec", "error"):
+    RECONCILES.labels(_result)  # from 0: the first errors show in rate(), and the error panel has data
 RECONCILE_DURATION = Histogram(
     "kuberag_operator_reconcile_duration_seconds",
     "Time of one RagService reconcile (read, apply every child, write status).",
@@ -29,3 +31,30 @@ API_REQUESTS = Counter(
     "by HTTP method and resource.",
     ["method", "resource"],
 )
+# Per RagService, from the status the operator writes (the labels are the RagService's own, so a
+# ServiceMonitor for the operator needs honorLabels to keep `namespace`).
+_RAGSERVICE = ["namespace", "ragservice"]
+DESIRED_REPLICAS = Gauge("kuberag_operator_ragservice_desired_replicas",
+                         "API replicas the operator asks for (spec.replicas, or the HPA's current count).", _RAGSERVICE)
+READY_REPLICAS = Gauge("kuberag_operator_ragservice_ready_replicas",
+                       "Ready API pods of the RagService's Deployment.", _RAGSERVICE)
+AVAILABLE = Gauge("kuberag_operator_ragservice_available",
+                  "1 while the RagService's Available condition is True, else 0.", _RAGSERVICE)
+
+
+def observe_ragservice(namespace: str, name: str, *, available: bool, desired: int | None = None,
+                       ready: int | None = None) -> None:
+    AVAILABLE.labels(namespace, name).set(1 if available else 0)
+    if desired is not None:
+        DESIRED_REPLICAS.labels(namespace, name).set(desired)
+    if ready is not None:
+        READY_REPLICAS.labels(namespace, name).set(ready)
+
+
+def forget_ragservice(namespace: str, name: str) -> None:
+    """A deleted RagService leaves no series behind."""
+    for gauge in (DESIRED_REPLICAS, READY_REPLICAS, AVAILABLE):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass

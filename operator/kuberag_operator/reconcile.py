@@ -165,6 +165,10 @@ def _write_status(cluster: Cluster, rs: dict, status: dict) -> None:
     cluster.patch_ragservice_status(rs["metadata"]["namespace"], rs["metadata"]["name"], status)
 
 
+def _available(conditions: list[dict]) -> bool:
+    return any(c.get("type") == "Available" and c.get("status") == "True" for c in conditions)
+
+
 def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: bool, result: str) -> ReconcileFailed:
     old = (rs.get("status") or {}).get("conditions")
     conditions = merge_conditions(old, failure_conditions(old, reason, message), now_rfc3339(),
@@ -173,6 +177,7 @@ def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: b
         _write_status(cluster, rs, {"conditions": conditions})
     except client.ApiException as exc:  # the failure itself is what matters; status is best effort
         logger.warning("could not write Degraded status of %s: %s", rs["metadata"]["name"], exc.reason)
+    metrics.observe_ragservice(rs["metadata"]["namespace"], rs["metadata"]["name"], available=_available(conditions))
     metrics.RECONCILES.labels(result).inc()
     return ReconcileFailed(message, temporary=temporary, reason=reason, ragservice=rs)
 
@@ -332,6 +337,8 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
         "conditions": merge_conditions(status.get("conditions"), conditions, now_rfc3339(), generation),
     }
     _write_status(cluster, rs, new_status)
+    metrics.observe_ragservice(namespace, name, available=_available(new_status["conditions"]),
+                               desired=replicas, ready=new_status["readyReplicas"])
     metrics.RECONCILES.labels("success").inc()
     outcome.applied_spec = not steady and bool(outcome.created or outcome.changed or outcome.pruned)
     return outcome

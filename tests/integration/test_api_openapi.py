@@ -13,11 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.fixtures.api_app import write_corpus
-from tests.fixtures.redis_server import free_port
+from tests.fixtures.api_server import start_serve
 
 pytestmark = pytest.mark.integration
 
@@ -48,37 +46,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 
 @pytest.fixture
 def server(tmp_path: Path, redis_server):
-    corpus = write_corpus(tmp_path / "corpus")
-    config = tmp_path / "config.yaml"
-    config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
-                      "rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n"
-                      f"corpus: {{path: {corpus}}}\n")
-    port = free_port()
-    env = {**os.environ, "KUBERAG_PORT": str(port), "KUBERAG_METRICS_PORT": "off", "KUBERAG_HOST": "127.0.0.1",
-           "KUBERAG_REDIS_URL": redis_server.url, "KUBERAG_DATA_DIR": str(tmp_path / "data"),
-           "KUBERAG_CONFIG": str(config), "KUBERAG_ADMIN_API_KEY": ADMIN, "KUBERAG_LOG_LEVEL": "WARNING"}
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"kuberag serve did not become ready: {log.read_text()[-3000:]}")
-    yield base, log
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    serve = start_serve(tmp_path, redis_url=redis_server.url,
+                        config="rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n",
+                        env={"KUBERAG_ADMIN_API_KEY": ADMIN, "KUBERAG_LOG_LEVEL": "WARNING"})
+    yield serve.base, serve.log
+    serve.stop()
 
 
 def test_schemathesis_finds_no_failure_with_every_check(server, tmp_path: Path):

@@ -345,3 +345,13 @@ async def test_upload_that_is_not_multipart_or_has_no_file_name(client):
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     r = await client.post("/documents", files={"file": ("", b"hello", "text/plain")}, headers=ADMIN)
     assert r.status_code == 400 and "file name" in r.json()["detail"]
+
+
+async def test_while_draining_new_requests_get_503_and_readiness_turns_off(client):
+    client.app.state.shutdown.begin()
+    r = await client.post("/query", json={"question": "How is green tea brewed?"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "shutting down" in r.json()["detail"]
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get("/healthz")).status_code == 200  # alive: the kubelet must not restart it

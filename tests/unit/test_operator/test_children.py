@@ -170,7 +170,10 @@ def test_monitoring_and_network_policy_toggles():
     kinds = by_kind(desired_children(rag({"monitoring": {"serviceMonitor": {"enabled": True, "interval": "15s"}},
                                           "networkPolicy": {"enabled": True}})))
     sm = kinds["ServiceMonitor"][0]["spec"]
-    assert sm["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert sm["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s", "relabelings": [
+        # the label the dashboards and alerts group the API's series by
+        {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "ragservice",
+         "action": "replace"}]}]
     assert sm["selector"]["matchLabels"][c.LABEL_COMPONENT] == "metrics"
     np = kinds["NetworkPolicy"][0]["spec"]
     assert np["podSelector"]["matchLabels"][c.LABEL_INSTANCE] == "demo"
@@ -292,3 +295,11 @@ def test_client_keys_secret_is_mounted_as_a_directory_and_identity_settings_reac
     plain = desired_children(rag())
     assert all(m["mountPath"] != c.CLIENT_KEYS_DIR for m in container(plain, c.CONTAINER_API)["volumeMounts"])
     assert config_of(plain).rate_limit.key_source == "clientKey"
+
+
+def test_pods_stop_routing_before_the_api_drains():
+    pod = deployment(desired_children(rag()))["spec"]["template"]["spec"]
+    api = container(desired_children(rag()), c.CONTAINER_API)
+    assert api["lifecycle"]["preStop"] == {"sleep": {"seconds": c.PRESTOP_SLEEP_SECONDS}}
+    # the grace period covers the sleep, the API's bound and uvicorn's 5 s on top
+    assert pod["terminationGracePeriodSeconds"] >= c.PRESTOP_SLEEP_SECONDS + c.SHUTDOWN_SECONDS + 5
