@@ -299,7 +299,9 @@ def test_identity_settings_are_accepted(kube):
 def test_good_spec_with_ingestion_and_shared_store_is_accepted(kube):
     kube.create(ragservice("ingest", kube.ns, {"replicas": 3, "ingestion": {"enabled": True},
                                                "vectorStore": {"url": "http://weaviate:8080"}}))
-    assert kube.get("ingest")["spec"]["cache"]["l3"]["threshold"] == 0.95  # defaults applied by the API server
+    spec = kube.get("ingest")["spec"]  # defaults applied by the API server
+    assert spec["retrieval"]["embeddingModel"] == "multilingual-e5-small" and spec["cache"]["l3"]["enabled"] is True
+    assert "threshold" not in spec["cache"]["l3"]  # unset: the embedding model's calibrated threshold
 
 
 def test_missing_secret_degrades_then_recovers(kube):
