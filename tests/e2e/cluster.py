@@ -109,7 +109,8 @@ def install_operator(plane: ControlPlane, node: RealNode, workdir: Path) -> str:
         how = "manifests"
     wait_for(lambda: operator_pods_ready(plane) == 2, timeout=240, what="2 operator pods Ready",
              diagnose=lambda: plane.kubectl("get", "pods", "-A", "-o", "wide").stdout + node.logs())
-    wait_for(lambda: lease_holder(plane), timeout=60, what="an operator leader")
+    wait_for(lambda: lease_holder(plane), timeout=120, what="an operator leader",
+             diagnose=lambda: diagnose(plane, node, OPERATOR_NAMESPACE))
     return how
 
 
