@@ -111,9 +111,9 @@ for ip in sys.argv[3:]:
                                      headers={"content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, dict(resp.headers)
+                return resp.status, resp.headers  # (case-insensitive lookups)
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers)
+            return exc.code, exc.headers
     while True:  # a fresh client each time: its bucket starts full, its limit is the current burst
         status, headers = ask(uuid.uuid4().hex)
         if headers.get("RateLimit-Limit") == str(expected) or time.monotonic() > deadline:
