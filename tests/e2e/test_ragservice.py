@@ -91,7 +91,9 @@ def test_client_pod_asks_by_dns_name_and_second_call_hits_the_cache(
     # per pod, so the hit is L1 (same pod) or a miss; ask the same pod twice for a sure hit.
     pods = api_pods(control_plane, docs_qa, NAME)
     pod_url = f"http://{pods[0]['status']['podIP']}:8000/query"
-    a, b = run_client(control_plane, real_node, docs_qa, QUERY_CLIENT, pod_url, "bob", QUESTION + " Please.", QUESTION + " Please.")
+    # A question unlike any asked before (the L3 semantic cache would answer a paraphrase).
+    fresh = "How is the answer cache invalidated when the documents change?"
+    a, b = run_client(control_plane, real_node, docs_qa, QUERY_CLIENT, pod_url, "bob", fresh, fresh)
     assert a["body"]["cache_hit"] is False and b["body"]["cache_hit"] is True, (a["body"], b["body"])
     assert b["body"]["sources"] == a["body"]["sources"]
     # Through the Service: each pod computes the answer at most once, every other call is a hit.
