@@ -110,9 +110,6 @@ def _prom_label(label: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", label)
 
 
-# Seconds a terminating API pod keeps serving while its endpoint is removed everywhere.
-PRESTOP_DELAY_SECONDS = 5
-
 def selector_labels(name: str) -> dict[str, str]:
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: name}
 
@@ -274,10 +271,6 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
         "livenessProbe": {**probe, "failureThreshold": 3},
         "readinessProbe": {"httpGet": {"path": PATH_READYZ, "port": PORT_NAME_HTTP}, "periodSeconds": 5,
                            "timeoutSeconds": 3, "failureThreshold": 2},
-        # A terminating pod stays in the Service's endpoints until kube-proxy (on every node) has
-        # seen the removal: serve on for that long before SIGTERM. Without it a rolling update on a
-        # real node refused 2 of ~580 requests (tests/e2e/test_ragservice.py).
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_DELAY_SECONDS}}},
         "resources": spec["resources"],
         "securityContext": _security_context(),
         "volumeMounts": [

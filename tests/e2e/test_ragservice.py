@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -45,15 +46,22 @@ ROOMY_LIMIT = {"requestsPerMinute": 60000, "burst": 1000}
 
 
 @pytest.fixture(scope="module")
-def operator(real_node: RealNode, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> str:
-    # Before the operator starts, so it watches ServiceMonitors (kopf resolves its types at start).
-    control_plane.install_servicemonitor_crd()
-    return install_operator(control_plane, real_node, tmp_path_factory.mktemp("operator"))
+def docs_qa_namespace(real_node: RealNode, control_plane: ControlPlane) -> str:
+    return new_namespace(control_plane, "e2e")
 
 
 @pytest.fixture(scope="module")
-def docs_qa(operator: str, real_node: RealNode, control_plane: ControlPlane) -> str:
-    namespace = new_namespace(control_plane, "e2e")
+def operator(docs_qa_namespace: str, real_node: RealNode, control_plane: ControlPlane,
+             tmp_path_factory: pytest.TempPathFactory) -> str:
+    # Before the operator starts, so it watches ServiceMonitors (kopf resolves its types at start).
+    control_plane.install_servicemonitor_crd()
+    # `helm test` asks the sample RagService of docs_qa_namespace.
+    return install_operator(control_plane, real_node, tmp_path_factory.mktemp("operator"), docs_qa_namespace)
+
+
+@pytest.fixture(scope="module")
+def docs_qa(operator: str, docs_qa_namespace: str, real_node: RealNode, control_plane: ControlPlane) -> str:
+    namespace = docs_qa_namespace
     create_ragservice(control_plane, real_node, namespace, NAME, replicas=2, spec={"rateLimit": ROOMY_LIMIT})
     start = time.monotonic()
     wait_available(control_plane, real_node, namespace, NAME, 2)
@@ -136,6 +144,16 @@ for ip in sys.argv[4:]:
                       "retry_after": answers[-1][1].get("Retry-After")}
 print(json.dumps(result))
 """
+
+
+def test_helm_test_passes(operator: str, docs_qa: str, control_plane: ControlPlane) -> None:
+    if operator != "helm":
+        pytest.skip("the operator was installed from manifests/ (no charts/kuberag): no release to test")
+    result = subprocess.run([str(control_plane.tools.helm), "test", "kuberag", "--namespace", OPERATOR_NAMESPACE,
+                             "--kubeconfig", str(control_plane.kubeconfig), "--timeout", "5m", "--logs"],
+                            capture_output=True, text=True, timeout=360)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Succeeded" in result.stdout
 
 
 def test_live_rate_limit_change_is_enforced_without_restarts(

