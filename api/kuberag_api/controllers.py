@@ -30,7 +30,7 @@ from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import client_key_of, degraded_causes
 from kuberag_api.openapi import problems
-from kuberag_api.rag.engine import normalise_upload_name
+from kuberag_api.rag.store import normalise_upload_name
 from kuberag_api.request_bodies import parse_multipart_upload
 from kuberag_api.schemas import (
     CacheCleared,
