@@ -234,7 +234,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
     where = f"index {store.collection}" if shared else "index"
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
-                  f"; {where}: {store.document_count} documents, {store.chunk_count} chunks")
+                  f"; {where}: {store.document_count} documents, {store.chunk_count} chunks", soft_wrap=True)
     # Non-zero when anything was refused or missing, so scripts notice.
     return EXIT_REFUSED if counts.get("refused") or missing else EXIT_OK
 

@@ -454,11 +454,18 @@ class WeaviateStore:
             pointer = self._get_meta(self._pointer_id())
             epoch = self._get_meta(self._epoch_id())
             view = self._view
+            if pointer is None and view.collection is not None:
+                # A shutting-down Weaviate answers 404 for objects it holds: keep serving what we
+                # had rather than dropping the index (a real removal needs a restart to show).
+                raise RuntimeError(f"the index pointer of {self.service.key} is missing; keeping {view.collection}")
             if pointer is None:
                 new = _View()
             else:
                 collection = pointer["collection"]
-                token = (self._get_meta(self._token_id(collection)) or {}).get("token", "")
+                token_object = self._get_meta(self._token_id(collection))
+                if token_object is None:
+                    raise RuntimeError(f"the corpus token of {collection} is missing (Weaviate starting or stopping?)")
+                token = token_object.get("token", "")
                 if collection != view.collection:
                     new = self._load_view(collection, token, None, pointer.get("revision"))
                 elif token != view.token:
