@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indi
 from kuberag_api.rag.parsing import ParsedDocument, Section, parse_document
 from kuberag_api.rag.store import (
     ALGORITHM_VERSION,
+    PreparedDocument,
     check_source,
     chunk_and_embed,
     corpus_files,
@@ -287,34 +288,63 @@ class RagEngine:
             parsed = parse_document(source, data, content_type)
         # The slow part (embedding) runs before the lock so queries and other ingests go on.
         chunks, vectors = self._prepare(source, parsed.sections)
-        sections_text = sections_json(parsed.sections)
+        doc = PreparedDocument(doc_id, source, parsed.content_type, sha, len(data), parsed.sections, chunks, vectors)
+        return self._store(doc, origin, publish)
+
+    def _store(self, doc: PreparedDocument, origin: str, publish: bool = True) -> IngestResult:
+        """Write a parsed, chunked and embedded document in one transaction."""
+        doc_id, chunks = doc.doc_id, doc.chunks
         added_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self._write_lock:
             existing = self._current_documents().get(doc_id)
-            if existing is not None and existing.sha256 == sha:
-                return IngestResult(doc_id, source, "unchanged", existing.chunks)
+            if existing is not None and existing.sha256 == doc.sha256:
+                return IngestResult(doc_id, doc.source, "unchanged", existing.chunks)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
                 self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
                 self._db.execute(
                     "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?)",
-                    (doc_id, source, parsed.content_type, len(data), sha, added_at, len(chunks), origin, sections_text),
+                    (doc_id, doc.source, doc.content_type, doc.size, doc.sha256, added_at, len(chunks), origin,
+                     sections_json(doc.sections)),
                 )
-                self._insert_chunks(doc_id, chunks, vectors)
+                self._insert_chunks(doc_id, chunks, doc.vectors)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            info = DocumentInfo(doc_id, source, parsed.content_type, len(chunks), len(data), sha, added_at)
+            info = DocumentInfo(doc_id, doc.source, doc.content_type, len(chunks), doc.size, doc.sha256, added_at)
             new_rows = [
-                _ChunkRow(doc_id, f"{doc_id}:{c.position}", source, c.text, c.heading, c.position, c.page,
+                _ChunkRow(doc_id, f"{doc_id}:{c.position}", doc.source, c.text, c.heading, c.position, c.page,
                           tuple(tokenize(f"{c.heading or ''} {c.text}")))
                 for c in chunks
             ]
-            self._apply(remove=doc_id if existing else None, add_rows=new_rows, add_vectors=vectors,
+            self._apply(remove=doc_id if existing else None, add_rows=new_rows, add_vectors=doc.vectors,
                         info=info, publish=publish)
-        return IngestResult(doc_id, source, "replaced" if existing else "added", len(chunks))
+        return IngestResult(doc_id, doc.source, "replaced" if existing else "added", len(chunks))
+
+    def ingest_prepared(self, documents: Iterable[PreparedDocument], origin: str = "api") -> list[IngestResult]:
+        """Write documents that are already embedded (with this index's model and chunking), e.g.
+        exported from another index; the state is published once at the end."""
+        with self._write_lock:
+            try:
+                return [self._store(doc, origin, publish=False) for doc in documents]
+            finally:
+                self._flush()
+
+    def export_documents(self) -> Iterator[PreparedDocument]:
+        """Every document with its chunks and vectors, as stored (another store can take them
+        without embedding again, if it uses the same model and chunking)."""
+        documents = self._db.execute(
+            "SELECT doc_id, source, content_type, bytes, sha256, sections FROM documents ORDER BY source").fetchall()
+        for doc_id, source, content_type, size, sha, sections in documents:
+            rows = self._db.execute("SELECT position, heading, page, text, vector FROM chunks WHERE doc_id=? "
+                                    "ORDER BY position", (doc_id,)).fetchall()
+            chunks = [Chunk(text, heading, position, page) for position, heading, page, text, _ in rows]
+            vectors = np.array([np.frombuffer(v, dtype=np.float32) for *_, v in rows], dtype=np.float32).reshape(
+                len(rows), self._embedder.dim)
+            yield PreparedDocument(doc_id, source, content_type, sha, size, sections_from_json(sections), chunks,
+                                   vectors)
 
     def delete(self, doc_id: str) -> bool:
         with self._write_lock:

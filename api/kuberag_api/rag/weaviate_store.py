@@ -873,12 +873,13 @@ class WeaviateStore:
         return self.build_index(documents(), origin="corpus", build_id=build_id, shard=shard, shards=shards,
                                 revision=revision, switch_grace_seconds=switch_grace_seconds, progress=progress)
 
-    def build_index(self, documents: Iterable[tuple[str, bytes, str | None] | IngestResult], *, origin: str,
-                    build_id: str | None = None, shard: int = 0, shards: int = 1, revision: str | None = None,
-                    switch_grace_seconds: float = SWITCH_GRACE_SECONDS,
+    def build_index(self, documents: Iterable[tuple[str, bytes, str | None] | IngestResult | PreparedDocument], *,
+                    origin: str, build_id: str | None = None, shard: int = 0, shards: int = 1,
+                    revision: str | None = None, switch_grace_seconds: float = SWITCH_GRACE_SECONDS,
                     progress: Callable[[IngestResult], None] | None = None) -> list[IngestResult]:
-        """Write ``documents`` (an IngestResult item is one refused before reading) into a new index
-        version; switch to it when every shard has marked itself done."""
+        """Write ``documents`` into a new index version; switch to it when every shard has marked
+        itself done. An item is (source, bytes, content type), an IngestResult (refused before
+        reading) or a PreparedDocument (already embedded with this store's model and chunking)."""
         build = build_id or new_build_id()
         target = self.index_name(build)
         self._ensure_index(target)
@@ -890,6 +891,12 @@ class WeaviateStore:
         for item in documents:
             if isinstance(item, IngestResult):
                 result = item
+            elif isinstance(item, PreparedDocument):
+                try:
+                    self._write_document(target, item, origin, target)
+                    result = IngestResult(item.doc_id, item.source, "added", len(item.chunks))
+                except StoreWriteError as exc:
+                    result = refused(item.source, str(exc))
             else:
                 source, data, content_type = item
                 try:
