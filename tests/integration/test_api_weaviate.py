@@ -48,6 +48,11 @@ def ask(base: str, question: str, **headers: str) -> httpx.Response:
     return httpx.post(base + "/query", json={"question": question, "user_id": "t"}, headers=headers, timeout=30)
 
 
+def checks(base: str) -> dict:
+    """Every /readyz check (the detail needs the admin key)."""
+    return httpx.get(base + "/readyz", headers={"X-API-Key": ADMIN}).json()["checks"]
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
     """Seconds until predicate() is true; fails the test after ``timeout``."""
     started = time.monotonic()
@@ -104,12 +109,12 @@ def test_replicas_share_ingests_deletes_and_cache_clears(replicas):
     seen_gone = wait_until(lambda: all(s["source"] != "kettle.md" for s in ask(b, question).json()["sources"]),
                            timeout=30)
 
-    epoch_before = httpx.get(b + "/readyz").json()["checks"]["cache"]["epoch"]
+    epoch_before = checks(b)["cache"]["epoch"]
     cleared = httpx.delete(a + "/cache", headers={"X-API-Key": ADMIN}, timeout=30)
     assert cleared.status_code == 200, cleared.text
     new_epoch = cleared.json()["epoch"]
     assert new_epoch != epoch_before
-    seen_epoch = wait_until(lambda: httpx.get(b + "/readyz").json()["checks"]["cache"]["epoch"] == new_epoch,
+    seen_epoch = wait_until(lambda: checks(b)["cache"]["epoch"] == new_epoch,
                             timeout=30)
     assert ask(b, question).json()["cache_hit"] is False  # B's cached answer is gone with the epoch
     print(f"staleness on replica B: ingest {seen_new:.3f}s, delete {seen_gone:.3f}s, cache clear {seen_epoch:.3f}s")
@@ -118,7 +123,7 @@ def test_replicas_share_ingests_deletes_and_cache_clears(replicas):
 
 
 def test_readyz_shows_the_store(replicas):
-    ready = httpx.get(replicas["b"] + "/readyz").json()
+    ready = httpx.get(replicas["b"] + "/readyz", headers={"X-API-Key": ADMIN}).json()
     store = ready["checks"]["store"]
     assert ready["status"] == "ready" and store["status"] == "up" and store["type"] == "weaviate"
     assert store["collection"].startswith("Kuberag_tests_qa_") and store["documents"] == 4
@@ -130,7 +135,7 @@ def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: Weaviate
            "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp_path / "data")}
     proc, base = start_serve(env, tmp_path / "serve.log", ready=False)
     try:
-        wait_until(lambda: "no index yet" in httpx.get(base + "/readyz").json()["checks"]["index"]["status"], 30)
+        wait_until(lambda: "no index yet" in checks(base)["index"]["status"], 30)
         r = httpx.get(base + "/readyz")
         assert r.status_code == 503 and "no index yet" in r.json()["reasons"][0]
         q = ask(base, "anything?")
@@ -170,7 +175,7 @@ def test_outage_under_load_503_only_for_uncached_then_recovery(tmp_path: Path, w
         worker.start()
         time.sleep(1)
         weaviate_own.stop()
-        wait_until(lambda: "unreachable" in httpx.get(base + "/readyz").json()["checks"]["store"]["status"], 30)
+        wait_until(lambda: "unreachable" in checks(base)["store"]["status"], 30)
         time.sleep(2)
         during = len(outcomes)
         assert httpx.get(base + "/readyz").status_code == 200  # still in the Service: cache hits answer

@@ -26,7 +26,7 @@ from kuberag_api.rag.bm25 import BM25Index, tokenize
 from kuberag_api.rag.chunking import Chunk
 from kuberag_api.rag.embedding import Embedder, load_default_embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
-from kuberag_api.rag.parsing import ParsedDocument, Section, parse_document
+from kuberag_api.rag.parsing import ParsedDocument, Section
 from kuberag_api.rag.store import (
     ALGORITHM_VERSION,
     PreparedDocument,
@@ -35,6 +35,7 @@ from kuberag_api.rag.store import (
     corpus_files,
     doc_id_for,
     fingerprint,
+    prepare_document,
     refused,
     sections_from_json,
     sections_json,
@@ -284,11 +285,8 @@ class RagEngine:
         existing = self._current_documents().get(doc_id)
         if existing is not None and existing.sha256 == sha:
             return IngestResult(doc_id, source, "unchanged", existing.chunks)
-        if parsed is None:
-            parsed = parse_document(source, data, content_type)
         # The slow part (embedding) runs before the lock so queries and other ingests go on.
-        chunks, vectors = self._prepare(source, parsed.sections)
-        doc = PreparedDocument(doc_id, source, parsed.content_type, sha, len(data), parsed.sections, chunks, vectors)
+        doc = prepare_document(source, data, content_type, self.retrieval, self._embedder, parsed)
         return self._store(doc, origin, publish)
 
     def _store(self, doc: PreparedDocument, origin: str, publish: bool = True) -> IngestResult:

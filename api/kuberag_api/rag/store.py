@@ -21,7 +21,7 @@ from kuberag_contract.config import Retrieval
 
 from kuberag_api.rag.chunking import Chunk, chunk_sections
 from kuberag_api.rag.embedding import Embedder
-from kuberag_api.rag.parsing import CONTENT_TYPES, Section, parse_document
+from kuberag_api.rag.parsing import CONTENT_TYPES, ParsedDocument, Section, parse_document
 from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage
 
 # Bumped when chunking, tokenisation or fusion change in a way that changes answers.
@@ -61,7 +61,11 @@ class RagStore(Protocol):
 
     def document(self, doc_id: str) -> DocumentInfo | None: ...
 
-    def ingest(self, source: str, data: bytes, content_type: str | None = None) -> IngestResult: ...
+    def ingest(self, source: str, data: bytes, content_type: str | None = None,
+               parsed: ParsedDocument | None = None) -> IngestResult: ...
+
+    def is_unchanged(self, source: str, data: bytes) -> bool:
+        """The index holds these bytes under this source already (answered from memory)."""
 
     def delete(self, doc_id: str) -> bool: ...
 
@@ -147,10 +151,12 @@ def normalise_upload_name(filename: str) -> str:
 
 
 def prepare_document(source: str, data: bytes, content_type: str | None, retrieval: Retrieval,
-                     embedder: Embedder) -> PreparedDocument:
-    """Parse, chunk and embed (the slow part). Raises DocumentError for a bad document."""
+                     embedder: Embedder, parsed: ParsedDocument | None = None) -> PreparedDocument:
+    """Parse (unless ``parsed``: done by the parser process), chunk and embed (the slow part).
+    Raises DocumentError for a bad document."""
     source = check_source(source)
-    parsed = parse_document(source, data, content_type)
+    if parsed is None:
+        parsed = parse_document(source, data, content_type)
     chunks, vectors = chunk_and_embed(source, parsed.sections, retrieval, embedder)
     return PreparedDocument(doc_id_for(source), source, parsed.content_type, hashlib.sha256(data).hexdigest(),
                             len(data), parsed.sections, chunks, vectors)

@@ -52,6 +52,7 @@ import numpy as np
 from kuberag_contract.config import ApiConfig, Retrieval, VectorStore
 
 from kuberag_api.rag.embedding import Embedder, build_embedder
+from kuberag_api.rag.parsing import ParsedDocument
 from kuberag_api.rag.store import (
     ALGORITHM_VERSION,
     PreparedDocument,
@@ -720,22 +721,30 @@ class WeaviateStore:
                                                     "collection": collection, "token": token})
         return token
 
-    def ingest(self, source: str, data: bytes, content_type: str | None = None) -> IngestResult:
-        """Add or replace one document in the index in service. Raises UnsupportedDocument /
-        DocumentError (bad document), StoreWriteError (refused by Weaviate), VectorStoreUnavailable."""
-        result = self._ingest_one(check_source(source), data, content_type)
+    def ingest(self, source: str, data: bytes, content_type: str | None = None,
+               parsed: ParsedDocument | None = None) -> IngestResult:
+        """Add or replace one document in the index in service (``parsed``: already parsed by the
+        parser process). Raises UnsupportedDocument / DocumentError (bad document), StoreWriteError
+        (refused by Weaviate), VectorStoreUnavailable."""
+        result = self._ingest_one(check_source(source), data, content_type, parsed)
         if result.status != "unchanged":
             self.refresh()  # read-your-writes: this replica answers from the new version at once
         return result
 
-    def _ingest_one(self, source: str, data: bytes, content_type: str | None) -> IngestResult:
+    def is_unchanged(self, source: str, data: bytes) -> bool:
+        """From this replica's view (no round trip); ``ingest`` checks again against Weaviate."""
+        record = self._view.records.get(doc_id_for(source.strip()))
+        return record is not None and record.sha256 == hashlib.sha256(data).hexdigest()
+
+    def _ingest_one(self, source: str, data: bytes, content_type: str | None,
+                    parsed: ParsedDocument | None = None) -> IngestResult:
         doc_id = doc_id_for(source)
         sha = hashlib.sha256(data).hexdigest()
         collection = self._active_collection()
         existing = self._fetch_record(collection, doc_id)
         if existing is not None and not existing[0].deleted and existing[0].sha256 == sha:
             return IngestResult(doc_id, source, "unchanged", existing[0].info.chunks)
-        doc = prepare_document(source, data, content_type, self.retrieval, self._embedder)
+        doc = prepare_document(source, data, content_type, self.retrieval, self._embedder, parsed)
         # Embedding may take long: read the pointer again, so a re-index that switched meanwhile
         # gets this document (the switch copies uploads that raced it within its grace period).
         latest = self._active_collection()
