@@ -178,10 +178,12 @@ def _record(props: dict, doc_id: str | None = None) -> DocumentRecord:
     return DocumentRecord(info, props.get("origin") or "api", bool(props.get("deleted")))
 
 
-def _connection_error(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(s in text for s in ("connect", "unavailable", "timeout", "timed out", "deadline", "refused",
-                                   "reset", "closed", "broken pipe", "eof"))
+def _store_error(exc: BaseException) -> bool:
+    """An error of Weaviate or of the way to it (not of kuberag's own code)."""
+    import grpc
+    from weaviate.exceptions import WeaviateBaseError
+
+    return isinstance(exc, WeaviateBaseError | httpx.HTTPError | grpc.RpcError | OSError)
 
 
 class WeaviateStore:
@@ -397,8 +399,11 @@ class WeaviateStore:
         except (VectorStoreUnavailable, StoreWriteError, DocumentError, IndexMissing):
             raise
         except Exception as exc:
-            if _connection_error(exc):
+            # Unreachable, shutting down ("shard not found", "context canceled"), overloaded: to a
+            # caller all of these are the store being unavailable (503, retry), never a 500.
+            if _store_error(exc):
                 self._note_failure(f"{what}: {exc}")
+                log.warning("weaviate call failed", extra={"what": what, "error": str(exc)[:300]})
                 raise VectorStoreUnavailable(f"Weaviate {what} failed: {exc}") from None
             raise
 
