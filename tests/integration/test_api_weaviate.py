@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.api_app import start_serve, stop_serve, write_corpus
+from tests.fixtures.api_app import write_corpus
+from tests.fixtures.api_process import start_serve, stop_serve
 from tests.fixtures.redis_server import free_port
 from tests.fixtures.weaviate_server import WeaviateServer
 
@@ -71,9 +72,10 @@ def replicas(tmp_path: Path, weaviate: WeaviateServer, redis_server_factory):
     procs = []
     bases = []
     for i in range(2):
-        pod_env = {**env, "KUBERAG_PORT": str(free_port()), "KUBERAG_REDIS_URL": redis_server_factory().url,
+        port = free_port()
+        pod_env = {**os.environ, **env, "KUBERAG_PORT": str(port), "KUBERAG_REDIS_URL": redis_server_factory().url,
                    "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
-        proc, base = start_serve(pod_env, tmp_path / f"serve{i}.log")
+        proc, base = start_serve(pod_env, port, tmp_path / f"serve{i}.log"), f"http://127.0.0.1:{port}"
         procs.append(proc)
         bases.append(base)
     yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed}
@@ -131,9 +133,10 @@ def test_readyz_shows_the_store(replicas):
 
 
 def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: WeaviateServer):
-    env = {**service_env(tmp_path, weaviate, f"empty-{uuid.uuid4().hex[:6]}"), "KUBERAG_PORT": str(free_port()),
+    port = free_port()
+    env = {**os.environ, **service_env(tmp_path, weaviate, f"empty-{uuid.uuid4().hex[:6]}"), "KUBERAG_PORT": str(port),
            "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp_path / "data")}
-    proc, base = start_serve(env, tmp_path / "serve.log", ready=False)
+    proc, base = start_serve(env, port, tmp_path / "serve.log", ready=False), f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: "no index yet" in checks(base)["index"]["status"], 30)
         r = httpx.get(base + "/readyz")
@@ -150,8 +153,9 @@ def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: Weaviate
 def test_outage_under_load_503_only_for_uncached_then_recovery(tmp_path: Path, weaviate_own: WeaviateServer):
     env = service_env(tmp_path, weaviate_own, "outage")
     assert run_ingest(env, "--sync", str(tmp_path / "corpus")).returncode == 0
-    env.update(KUBERAG_PORT=str(free_port()), KUBERAG_REDIS_URL="", KUBERAG_DATA_DIR=str(tmp_path / "data"))
-    proc, base = start_serve(env, tmp_path / "serve.log")
+    port = free_port()
+    env.update(KUBERAG_PORT=str(port), KUBERAG_REDIS_URL="", KUBERAG_DATA_DIR=str(tmp_path / "data"))
+    proc, base = start_serve({**os.environ, **env}, port, tmp_path / "serve.log"), f"http://127.0.0.1:{port}"
     cached = ["Which port does the Redis sidecar listen on?", "How hot should green tea water be?"]
     try:
         for q in cached:
