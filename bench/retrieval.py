@@ -157,7 +157,8 @@ def open_eval_index(embedder: Embedder, cache_dir: Path = CACHE) -> RagEngine:
 
 
 def _passage_sources(passages) -> list[str]:
-    return list(dict.fromkeys(p.source for p in passages))
+    """Distinct sources of ranked passages, as file names (like ``_ranked_sources``)."""
+    return list(dict.fromkeys(p.source.rsplit("/", 1)[-1] for p in passages))
 
 
 def run(embedder: Embedder | None = None, cache_dir: Path = CACHE, weaviate: bool = False) -> dict:

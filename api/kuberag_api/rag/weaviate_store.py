@@ -75,10 +75,16 @@ META_COLLECTION = "KuberagMeta"
 DOCS_SUFFIX = "_Docs"
 # Fixed namespace of every deterministic id kuberag writes.
 ID_NAMESPACE = uuid.UUID("0b5e6c8e-4a57-5d2f-8a0e-6b7572616701")
-# Weight of the vector search in Weaviate's hybrid (relativeScoreFusion) ranking, measured on the
-# evaluation set (python -m bench.weaviate; README "Retrieval engine"): 0.6-1.0 tie on recall@5
-# (0.879), 0.8 has the best MRR (0.737); BM25 alone 0.571, 0.5 0.871.
-DEFAULT_DENSE_WEIGHT = 0.8
+# Weight of the vector search in Weaviate's hybrid (relativeScoreFusion) ranking per embedding
+# model, measured on the evaluation set (python -m bench.weaviate; README "Retrieval engine").
+# e5: 0.9-1.0 tie on recall@5 (0.867), BM25 only hurts (Spanish questions over English pages), 0.9
+# keeps exact tokens (codes, names) findable. MiniLM: 0.6-1.0 tie (0.879), 0.8 has the best MRR.
+DENSE_WEIGHTS = {"intfloat/multilingual-e5-small": 0.9, "sentence-transformers/all-MiniLM-L6-v2": 0.8}
+DEFAULT_DENSE_WEIGHT = 0.9  # a model not measured here (an OpenAI-compatible endpoint)
+
+
+def dense_weight_for(embedder_name: str) -> float:
+    return next((w for model, w in DENSE_WEIGHTS.items() if embedder_name.startswith(model)), DEFAULT_DENSE_WEIGHT)
 BATCH_SIZE = 200
 # Superseded chunks stay this long: a replica polling an older view may still rank them.
 SWEEP_GRACE_SECONDS = 30.0
@@ -194,19 +200,19 @@ class WeaviateStore:
     """
 
     def __init__(self, config: VectorStore, service: ServiceRef, retrieval: Retrieval, embedder: Embedder, *,
-                 api_key: str | None = None, dense_weight: float = DEFAULT_DENSE_WEIGHT,
+                 api_key: str | None = None, dense_weight: float | None = None,
                  sweep_grace_seconds: float = SWEEP_GRACE_SECONDS) -> None:
         self.config = config
         self.service = service
         self.retrieval = retrieval
         self._embedder = embedder
-        self.dense_weight = dense_weight
+        self.dense_weight = dense_weight_for(embedder.name) if dense_weight is None else dense_weight
         self.sweep_grace_seconds = sweep_grace_seconds
         self._api_key = api_key
         self.params = {"embedder": embedder.name, "dim": embedder.dim, "chunk_size": retrieval.chunk_size,
                        "chunk_overlap": retrieval.chunk_overlap, "algorithm": ALGORITHM_VERSION}
         self.params_key = fingerprint(self.params)[:12]
-        self._fingerprint = fingerprint({"top_k": retrieval.top_k, "dense_weight": dense_weight,
+        self._fingerprint = fingerprint({"top_k": retrieval.top_k, "dense_weight": self.dense_weight,
                                          "store": "weaviate-hybrid-relative", **self.params})
         url = urlsplit(config.url)
         self._http_host = url.hostname or "localhost"
@@ -245,7 +251,7 @@ class WeaviateStore:
         if config.providers.vector_store is None:
             raise ValueError("providers.vectorStore is not set")
         if embedder is None:
-            embedder = build_embedder(config.providers, embeddings_api_key)
+            embedder = build_embedder(config.providers, embeddings_api_key, config.retrieval.embedding_model)
         return cls(config.providers.vector_store, service, config.retrieval, embedder, api_key=api_key)
 
     # ----------------------------------------------------------------- naming
