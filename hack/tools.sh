@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned control-plane tools the integration tests run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, helm) and the real node's (kubelet,
-# kube-proxy, containerd v2, CoreDNS) from Go modules, and copies the prometheus-operator CRDs,
-# into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
+# kube-controller-manager, kube-scheduler, kubectl, kwok, helm), the real node's (kubelet,
+# kube-proxy, containerd v2, CoreDNS) and the shared vector store (weaviate-server) from Go
+# modules, and copies the prometheus-operator CRDs, into ${KUBERAG_TOOLS_DIR:-~/.cache/kuberag/tools}.
 # Outputs are keyed by version, so a second run (or another clone) is a no-op.
 # KUBEBUILDER_ASSETS=DIR: take kube-apiserver and etcd from DIR instead of building/Debian.
 # Writes $TOOLS/paths.json (absolute binary paths) for tests/fixtures/controlplane.py.
@@ -16,6 +16,7 @@ HELM_VERSION=v3.19.5
 CONTAINERD_VERSION=v2.2.9
 COREDNS_VERSION=v1.14.7
 PROM_OPERATOR_VERSION=v0.85.0
+WEAVIATE_VERSION=v1.35.2
 
 TOOLS=${KUBERAG_TOOLS_DIR:-$HOME/.cache/kuberag/tools}
 mkdir -p "$TOOLS"
@@ -141,6 +142,12 @@ copy_prometheus_crds() {
 # Without the -X, `helm version` says v3.19 (helm reads its version from ldflags only).
 build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
 
+# The shared vector store of the Weaviate tests (a cold build takes 5-12 minutes on 2 cores).
+build_weaviate() {
+  go_install weaviate-server "$WEAVIATE_VERSION" github.com/weaviate/weaviate/cmd/weaviate-server \
+    "-X github.com/weaviate/weaviate/usecases/build.Version=$WEAVIATE_VERSION"
+}
+
 etcd_binary() {
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then echo "$KUBEBUILDER_ASSETS/etcd"; return; fi
   local e
@@ -174,6 +181,7 @@ write_paths() {
   "coredns": "$TOOLS/coredns-$COREDNS_VERSION/bin/coredns",
   "kwok": "$TOOLS/kwok-$KWOK_VERSION/bin/kwok",
   "helm": "$TOOLS/helm-$HELM_VERSION/bin/helm",
+  "weaviate-server": "$TOOLS/weaviate-server-$WEAVIATE_VERSION/bin/weaviate-server",
   "prometheus_operator_crds": "$TOOLS/prometheus-operator-crds-$PROM_OPERATOR_VERSION"
 }
 EOF
@@ -191,6 +199,7 @@ main() {
       build_helm
       build_containerd
       build_coredns
+      build_weaviate
       ;;
     kubernetes) build_kubernetes ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
@@ -198,8 +207,9 @@ main() {
     helm) build_helm ;;
     containerd) build_containerd ;;
     coredns) build_coredns ;;
+    weaviate) build_weaviate ;;
     paths) ;;
-    *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|containerd|coredns|paths]" ;;
+    *) die "usage: hack/tools.sh [all|kubernetes|kwok|crds|helm|containerd|coredns|weaviate|paths]" ;;
   esac
   write_paths
 }

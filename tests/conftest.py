@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.controlplane",
     "tests.fixtures.realnode",
+    "tests.fixtures.weaviate_server",
 ]

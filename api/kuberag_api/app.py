@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager, suppress
 from http import HTTPStatus
 from typing import Any
 
-from kuberag_contract.config import ConfigError
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -35,8 +34,9 @@ from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import LIMITED_PATHS, IdentityMiddleware, RequestContext
 from kuberag_api.openai_compat import OpenAIController, document_streaming, openai_error
 from kuberag_api.openapi import complete_openapi, fix_options_allow
-from kuberag_api.rag import DocumentError, Generator, RagEngine, UnsupportedDocument, build_generator
+from kuberag_api.rag import DocumentError, Generator, RagStore, UnsupportedDocument, build_generator
 from kuberag_api.rag.parse_worker import ParserProcess, ParserStopped
+from kuberag_api.rag.weaviate_store import IndexMissing, StoreWriteError, VectorStoreUnavailable
 from kuberag_api.rate_limit import RateLimiter, SharedRateLimiter
 from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.schemas import QUESTION_PATTERN, OpenAIErrorBody, problem
@@ -124,6 +124,19 @@ def _token_limited(request: Request, exc: TokenLimitExceeded) -> Response:
     if request.url.path.startswith("/v1/"):
         extra["error"] = OpenAIErrorBody(detail, "tokens", code="rate_limit_exceeded")
     return _problem(429, "Too Many Requests", detail, headers=headers, **extra)
+def _store_unavailable(request: Request, exc: VectorStoreUnavailable) -> Response:
+    request.app.state.metrics.errors.labels("vector_store").inc()
+    return _problem(503, "Service Unavailable", f"the vector store is unavailable: {exc}",
+                    headers={"Retry-After": "2"})
+
+
+def _index_missing(_: Request, exc: IndexMissing) -> Response:
+    return _problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "10"})
+
+
+def _store_refused(request: Request, exc: StoreWriteError) -> Response:
+    request.app.state.metrics.errors.labels("vector_store").inc()
+    return _problem(502, "Bad Gateway", str(exc))
 
 
 def _unsupported(_: Request, exc: UnsupportedDocument) -> Response:
@@ -151,7 +164,7 @@ def _internal_error(request: Request, exc: Exception) -> Response:
 def create_app(
     settings: Settings | None = None,
     *,
-    engine: RagEngine | None = None,
+    engine: RagStore | None = None,
     generator: Generator | None = None,
     embedder=None,
     live: LiveConfig | None = None,
@@ -164,12 +177,6 @@ def create_app(
     settings = settings or Settings.from_env()
     live = live or LiveConfig.from_file(settings.storage.config_path)
     keys = client_keys or ClientKeyStore.from_file(settings.storage.client_keys_path, settings.admin.api_key)
-    if live.config.providers.vector_store is not None:
-        # Refuse rather than ignore it: replicas that each index on their own would disagree.
-        raise ConfigError(
-            "providers.vectorStore is set, but this version of the API has no external vector store "
-            "adapter (Weaviate); remove it to use the embedded store (one replica when ingesting via the API)"
-        )
     metrics = Metrics()
     metrics.set_config_hash(live.hash)
     live.subscribe(lambda _o, _n: (metrics.config_reloads.inc(), metrics.set_config_hash(live.hash)))
@@ -217,7 +224,23 @@ def create_app(
         if serve_metrics and settings.server.metrics_port is not None:
             port = metrics.serve(settings.server.host, settings.server.metrics_port)
             log.info("prometheus metrics served", extra={"port": port})
-        if slot.engine is None:
+        if slot.engine is None and cfg.providers.vector_store is not None:
+            if cfg.corpus.path:
+                log.info("corpus.path is indexed into the shared store by the indexing Job "
+                         "(kuberag ingest --sync), not by this replica")
+
+            def open_shared() -> RagStore:
+                from kuberag_api.rag.weaviate_store import ServiceRef, WeaviateStore
+
+                store = WeaviateStore.from_config(
+                    cfg, ServiceRef(settings.service.namespace, settings.service.name),
+                    api_key=settings.providers.vector_store_api_key,
+                    embeddings_api_key=settings.providers.embeddings_api_key, embedder=embedder)
+                cache.shared = store
+                return store
+
+            tasks.append(asyncio.create_task(slot.open_shared(executor, open_shared)))
+        elif slot.engine is None:
             embedder_ = embedder
             if embedder_ is None:
                 from kuberag_api.rag import build_embedder
@@ -250,6 +273,8 @@ def create_app(
                 await shared.close()
             metrics.stop()
             parser.stop()
+            if slot.engine is not None and cfg.providers.vector_store is not None:
+                slot.engine.close()
             executor.shutdown(wait=False, cancel_futures=True)
             ingest_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -283,6 +308,9 @@ def create_app(
             HTTPException: _http_problem,
             IndexNotReady: _index_not_ready,
             TokenLimitExceeded: _token_limited,
+            VectorStoreUnavailable: _store_unavailable,
+            IndexMissing: _index_missing,
+            StoreWriteError: _store_refused,
             RequestEntityTooLarge: _too_large,
             UnsupportedDocument: _unsupported,
             DocumentError: _bad_document,

@@ -99,25 +99,92 @@ def _files(paths: list[str]) -> tuple[list[tuple[Path, str]], list[str]]:
     return found, missing
 
 
+def _load_config(path: str | None):
+    """The ApiConfig of ``--config`` / KUBERAG_CONFIG / /etc/kuberag/config.yaml, else defaults."""
+    from kuberag_contract.config import ApiConfig, load_config
+
+    from kuberag_api.settings import Settings
+
+    config_path = path or Settings.from_env().storage.config_path
+    return load_config(str(config_path)) if config_path else ApiConfig()
+
+
+def _open_store(args: argparse.Namespace, config):
+    """The shared store of ``providers.vectorStore`` (connected), else the local embedded index."""
+    from kuberag_api.rag import RagEngine
+
+    if config.providers.vector_store is None:
+        return RagEngine.open(_data_dir(args.data_dir), retrieval=config.retrieval)
+    from kuberag_api.rag.weaviate_store import ServiceRef, WeaviateStore
+    from kuberag_api.settings import Settings
+
+    settings = Settings.from_env()
+    store = WeaviateStore.from_config(
+        config, ServiceRef(settings.service.namespace, settings.service.name),
+        api_key=settings.providers.vector_store_api_key, embeddings_api_key=settings.providers.embeddings_api_key)
+    store.connect()
+    store.refresh()
+    return store
+
+
+def _shard(args: argparse.Namespace) -> tuple[int, int]:
+    """(this shard, shard count): --shard, else an Indexed Job's JOB_COMPLETION_INDEX."""
+    shards = args.shards
+    shard = args.shard if args.shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX") or 0)
+    if shards < 1 or not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is not in 0..{shards - 1} (--shards {shards})")
+    return shard, shards
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from kuberag_contract.config import Retrieval
+    from kuberag_contract.config import ConfigError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from kuberag_api.rag import DocumentError, RagEngine
+    from kuberag_api.rag import DocumentError
+    from kuberag_api.rag.store import corpus_files
 
     console = Console(stderr=False)
-    files, missing = _files(args.paths)
-    for m in missing:
-        _err(f"{m}: no such file or directory")
-    if not files:
-        _err("nothing to ingest" + (" (every path was missing)" if missing else ""))
+    try:
+        config = _load_config(args.config)
+        shard, shards = _shard(args)
+    except (ConfigError, OSError, ValueError) as exc:
+        _err(str(exc))
         return EXIT_USAGE
-    engine = RagEngine.open(_data_dir(args.data_dir), retrieval=Retrieval())
+    if shards > 1 and config.providers.vector_store is None:
+        _err("--shards needs a shared store (providers.vectorStore): shards of a local index would not meet")
+        return EXIT_USAGE
+    if args.sync:
+        if len(args.paths) != 1 or not Path(args.paths[0]).is_dir():
+            _err("--sync takes exactly one corpus directory (the index then holds exactly its files)")
+            return EXIT_USAGE
+        files, missing = corpus_files(Path(args.paths[0])), []
+        if shards > 1:
+            from kuberag_api.rag.weaviate_store import shard_of
+
+            files = [(p, s) for p, s in files if shard_of(s, shards) == shard]
+    else:
+        files, missing = _files(args.paths)
+        for m in missing:
+            _err(f"{m}: no such file or directory")
+        if not files:
+            _err("nothing to ingest" + (" (every path was missing)" if missing else ""))
+            return EXIT_USAGE
+    try:
+        store = _open_store(args, config)
+    except Exception as exc:  # a store that cannot open is one clear line, not a trace
+        _err(f"cannot open the index: {exc}")
+        return EXIT_FAILED
+    shared = config.providers.vector_store is not None
+    if shared:
+        print(f"indexing into Weaviate {config.providers.vector_store.url} for {store.service.key}"
+              + (f", shard {shard + 1} of {shards}" if shards > 1 else ""), flush=True)
     results: list[tuple[str, str, int, str | None]] = []
+    # In a Job's log (no terminal) a line per document; on a terminal a progress bar.
+    live = console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+                  console=console, transient=False, disable=not live) as progress:
         task = progress.add_task("ingesting", total=len(files))
 
         def readable():
@@ -134,14 +201,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         def done(r) -> None:
             results.append((r.source, r.status, r.chunks, r.reason))
             progress.advance(task)
+            if not live:
+                print(f"[{len(results)}/{len(files)}] {r.status} {r.source} ({r.chunks} chunks)"
+                      + (f": {r.reason}" if r.reason else ""), flush=True)
 
-        # One batch: the index (BM25, snapshot) is published once, not after every file.
         try:
-            engine.ingest_many(readable(), progress=done)
+            if args.sync and shared:
+                store.sync_corpus(args.paths[0], build_id=args.build_id, shard=shard, shards=shards,
+                                  revision=args.revision, progress=done)
+            elif args.sync:
+                for r in store.sync_corpus(args.paths[0]):
+                    done(r)
+            else:
+                # One batch: the embedded index (BM25, snapshot) is published once, not per file.
+                store.ingest_many(readable(), progress=done)
         except DocumentError as exc:
             _err(str(exc))
             return EXIT_REFUSED
-    engine.close()
+        except Exception as exc:
+            _err(f"ingestion failed: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+        finally:
+            store.close()
     table = Table(title="ingestion summary")
     for col in ("source", "status", "chunks", "reason"):
         table.add_column(col)
@@ -151,8 +232,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for _, status, _, _ in results:
         counts[status] = counts.get(status, 0) + 1
+    where = f"index {store.collection}" if shared else "index"
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
-                  f"; index: {engine.document_count} documents, {engine.chunk_count} chunks")
+                  f"; {where}: {store.document_count} documents, {store.chunk_count} chunks", soft_wrap=True)
     # Non-zero when anything was refused or missing, so scripts notice.
     return EXIT_REFUSED if counts.get("refused") or missing else EXIT_OK
 
@@ -219,9 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="index directory (KUBERAG_DATA_DIR)")
     serve.set_defaults(func=cmd_serve)
 
-    ingest = sub.add_parser("ingest", help="add files (txt, md, html, pdf; directories recursively) to the local index")
+    ingest = sub.add_parser(
+        "ingest", help="add files (txt, md, html, pdf; directories recursively) to the index: the local one, "
+                       "or the shared Weaviate when the config sets providers.vectorStore")
     ingest.add_argument("paths", nargs="+", metavar="PATH")
     ingest.add_argument("--data-dir", help="index directory (KUBERAG_DATA_DIR, default ./.data)")
+    ingest.add_argument("--config", help="config file (KUBERAG_CONFIG): retrieval settings and the vector store")
+    ingest.add_argument("--sync", action="store_true",
+                        help="make the index hold exactly the files of one directory (plus documents uploaded "
+                             "through the API); with Weaviate: build a new index version, switch when complete")
+    ingest.add_argument("--shards", type=int, default=1, help="with --sync: the Indexed Job's completions")
+    ingest.add_argument("--shard", type=int, help="with --sync: this shard (default: JOB_COMPLETION_INDEX or 0)")
+    ingest.add_argument("--build-id", help="with --sync: the index version every shard writes (the Job's)")
+    ingest.add_argument("--revision", help="with --sync: the corpus revision recorded with the index (a Git commit)")
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="answer a question from the local index, or from a server with --url")

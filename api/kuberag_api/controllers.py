@@ -30,7 +30,7 @@ from kuberag_api.log_format import request_id_var
 from kuberag_api.metrics import Metrics
 from kuberag_api.middleware import client_key_of, degraded_causes
 from kuberag_api.openapi import problems
-from kuberag_api.rag.engine import normalise_upload_name
+from kuberag_api.rag.store import normalise_upload_name
 from kuberag_api.request_bodies import parse_multipart_upload
 from kuberag_api.schemas import (
     CacheCleared,
@@ -215,8 +215,8 @@ class AdminController(Controller):
     security = [{"adminApiKey": []}]
 
     @delete("/cache", operation_id="ClearCache", status_code=200,
-            summary="Clear every cache level (bumps the cache epoch; only kuberag's own Redis keys)",
-            responses=problems(401, 403, 429))
+            summary="Clear every cache level (bumps the cache epoch, shared by every replica with a shared store)",
+            responses=problems(401, 403, 429, 503))
     async def clear_cache(self, query_service: NamedDependency[QueryService]) -> CacheCleared:
         epoch, cleared = await query_service.cache.clear()
         return CacheCleared(epoch=epoch, cleared=cleared)
@@ -224,7 +224,7 @@ class AdminController(Controller):
     @post("/documents", operation_id="IngestDocument", status_code=201, request_max_body_size=UPLOAD_MAX_BODY,
           summary="Upload one document (txt, md, html or pdf) as multipart field 'file'",
           before_request=parse_multipart_upload,
-          responses={**problems(400, 401, 403, 413, 415, 422, 429, 503),
+          responses={**problems(400, 401, 403, 413, 415, 422, 429, 502, 503),
                      200: ResponseSpec(IngestOut, description="Already indexed with these bytes (unchanged)",
                                        generate_examples=False)})
     async def ingest(

@@ -31,7 +31,9 @@ DESCRIPTIONS = {
     429: "Over the caller's rate limit; retry after Retry-After seconds",
     431: "Request headers too large or too many (8 KiB a line, 64 KiB in all, 100 headers)",
     500: "An unexpected error, logged under the request id",
-    503: "Not ready (index loading) or shutting down; retry after Retry-After seconds",
+    502: "The shared vector store (Weaviate) refused the document's objects; the document was not changed",
+    503: "Not ready (index loading, no shared index yet), shutting down, or the shared vector store is "
+         "unreachable (cache hits still answer); retry after Retry-After seconds",
 }
 # Every route can answer these: header limits (before the app), unexpected errors.
 ALWAYS = (431, 500)

@@ -26,9 +26,10 @@ from kuberag_api.rag import (
     Generator,
     IngestResult,
     RagEngine,
+    RagStore,
 )
-from kuberag_api.rag.engine import check_source
 from kuberag_api.rag.parse_worker import ParserProcess
+from kuberag_api.rag.store import check_source
 from kuberag_api.single_flight import SingleFlight
 from kuberag_api.token_limit import Reservation, TokenDecision, TokenLimiter
 
@@ -41,10 +42,10 @@ class IndexNotReady(RuntimeError):
 
 
 class EngineSlot:
-    """The RAG engine once it is open. Opening (and indexing the corpus) runs in the background so
+    """The RAG store once it is open. Opening (and indexing the corpus) runs in the background so
     the server answers its probes meanwhile; ``/readyz`` says 503 until the index is ready."""
 
-    def __init__(self, engine: RagEngine | None = None) -> None:
+    def __init__(self, engine: RagStore | None = None) -> None:
         self.engine = engine
         self.error: str | None = None
         self.loading = engine is None
@@ -53,13 +54,30 @@ class EngineSlot:
     def ready(self) -> bool:
         return self.engine is not None and self.engine.ready
 
-    def require(self) -> RagEngine:
+    def require(self) -> RagStore:
         engine = self.engine
         if engine is None or not engine.ready:
             if self.error:
                 raise IndexNotReady(f"the index failed to load: {self.error}")
+            status = getattr(engine, "status", None)
+            if status is not None:  # a shared store says what it waits for (Weaviate, the first index)
+                raise IndexNotReady(f"the index is not ready: {status()['status']}")
             raise IndexNotReady("the index is still loading; retry shortly")
         return engine
+
+    async def open_shared(self, executor: ThreadPoolExecutor, factory: Callable[[], RagStore]) -> None:
+        """Create a shared store (loads the embedder) and let it connect and poll in the background:
+        the replica indexes nothing itself (the indexing Job does)."""
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, factory)
+            store.start()  # type: ignore[attr-defined]
+            self.engine = store
+        except Exception as exc:  # shown by /readyz; the process stays up to say why
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the shared store failed to open")
+        finally:
+            self.loading = False
 
     async def open(self, executor: ThreadPoolExecutor, data_dir: Path, retrieval: Retrieval,
                    corpus_path: str | None, embedder=None) -> None:
@@ -157,7 +175,7 @@ class QueryService:
         self._fingerprint: tuple[int, str] | None = None
 
     # --- helpers --------------------------------------------------------------------------------
-    def _scope(self, engine: RagEngine) -> str:
+    def _scope(self, engine: RagStore) -> str:
         # The retrieval fingerprint is fixed for an engine (static config) but costs a sha256 of
         # JSON to compute: once per engine, not per request.
         if self._fingerprint is None or self._fingerprint[0] != id(engine):
@@ -278,7 +296,7 @@ class QueryService:
             self.metrics.single_flight_shared.inc()
         return outcome
 
-    async def _compute(self, engine: RagEngine, question: str, norm: str, key: str, scope: str,
+    async def _compute(self, engine: RagStore, question: str, norm: str, key: str, scope: str,
                        lookup: bool, store: bool, client: str | None = None) -> QueryOutcome:
         vector = await self._cpu("embed", engine.embedder.embed_query, question)
         if lookup:

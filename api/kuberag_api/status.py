@@ -38,11 +38,17 @@ class ReadinessProbe:
         YAML messages quoting the config."""
         reasons: list[str] = []
         engine = self.slot.engine
+        # A shared store (Weaviate) reports its own state: reachable, which index version, how fresh.
+        store_status = getattr(engine, "status", None)
+        store = store_status() if store_status is not None else None
         if self.slot.ready and engine is not None:
             index = {"status": "ready", "documents": engine.document_count, "chunks": engine.chunk_count,
                      "corpus_version": engine.corpus_version, "embedder": engine.embedder.name}
         else:
-            status = f"failed: {self.slot.error}" if self.slot.error else "loading"
+            if self.slot.error:
+                status = f"failed: {self.slot.error}"
+            else:
+                status = store["status"] if store is not None else "loading"
             index = {"status": status}
             reasons.append(f"index {status}" if detail else f"index {status.split(':', 1)[0]}")
         if not detail:
@@ -66,6 +72,7 @@ class ReadinessProbe:
             config["restart_needed"] = "static sections changed; they apply after a restart"
         checks = {
             "index": index,
+            **({"store": store} if store is not None else {}),
             "redis": redis,
             "limiter": self.limiter.state,
             "config": config,
@@ -95,6 +102,9 @@ class ReadinessProbe:
                 m.dependency_up.remove("redis")
         m.config_last_reload_successful.set(0 if self.live.last_error else 1)
         m.dependency_up.labels("index").set(1 if self.slot.ready else 0)
+        available = getattr(self.slot.engine, "available", None)
+        if available is not None:
+            m.dependency_up.labels("vector_store").set(1 if available else 0)
         shared = self.limiter.live.config.rate_limit.scope == "shared"
         degraded = shared and (self.limiter.shared is None or self.limiter.degraded)
         m.limiter_degraded.set(1 if degraded else 0)

@@ -154,13 +154,36 @@ class LLMEndpoint(_Struct):
     breaker_reset_seconds: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)] = 30.0
     # Prices by model name (the response's model, else the configured one): the cost counters.
     prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+class VectorStoreTimeouts(_Struct):
+    init_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """Connecting and the start-up checks."""
+    query_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """One search or read; a query that takes longer is answered 503."""
+    insert_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    """One batch write (ingestion)."""
+
+
+class VectorStore(_Struct):
+    """A shared Weaviate (weaviate-client v4: REST for the schema, gRPC for searches and batches).
+    The API key, if the server needs one, comes from the env (``KUBERAG_VECTOR_STORE_API_KEY``)."""
+
+    url: Annotated[str, msgspec.Meta(pattern="^https?://[^/?#]+/?$")]
+    """http(s)://host:port of Weaviate's REST API."""
+    grpc_host: str | None = None
+    """gRPC host; default: the url's host."""
+    grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 50051
+    grpc_secure: bool | None = None
+    """TLS on gRPC; default: true when the url is https."""
+    timeouts: VectorStoreTimeouts = msgspec.field(default_factory=VectorStoreTimeouts)
+    poll_seconds: Annotated[float, msgspec.Meta(ge=0.05, le=1.0)] = 0.5
+    """How often each pod reads the shared corpus version and cache epoch (at least once a second)."""
 
 
 class Providers(_Struct):
     # None: the embedded defaults (extractive answers, local embedding model, in-process store).
     llm: LLMEndpoint | None = None
     embeddings: Endpoint | None = None
-    vector_store: Endpoint | None = None
+    vector_store: VectorStore | None = None
 
 
 class Corpus(_Struct):

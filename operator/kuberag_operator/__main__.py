@@ -75,6 +75,9 @@ def run_operator(args: argparse.Namespace, stop: threading.Event | None = None) 
         await kopf.operator(
             clusterwide=True,
             standalone=True,  # no kopf peering: the Lease (or a single replica) is the exclusion
+            # Our identity: kopf's default calls getpass.getuser(), which raises for a uid without a
+            # passwd entry (the image's 65532), so the operator pod exited at start.
+            identity=args.identity,
             liveness_endpoint=f"http://{args.bind}:{args.health_port}/healthz",
             stop_flag=stop_flag if stop is not None else None,
         )
@@ -113,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics.LEADER.set(1)
         try:
             run_operator(args, stop)
+        except BaseException:
+            # os._exit below skips the interpreter's own report: say why kopf stopped first.
+            logger.exception("kopf failed")
+            raise
         finally:
             if not stop.is_set():
                 # kopf stopped by itself: never keep renewing a Lease for an operator that no longer runs.

@@ -77,6 +77,7 @@ from kuberag_contract.config import (
     Providers,
     RateLimit,
     Retrieval,
+    VectorStore,
     config_hash,
     render_config,
     static_config_hash,
@@ -154,6 +155,12 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
         return msgspec.convert({**fields, "timeouts": e.get("timeouts") or {}, "prices": e.get("prices") or {}},
                                LLMEndpoint)
 
+    def vector_store() -> VectorStore | None:
+        v = spec.get("vectorStore")
+        if v is None:
+            return None
+        return msgspec.convert({k: x for k, x in v.items() if k != "apiKeySecretRef"}, VectorStore)
+
     try:
         built = ApiConfig(
             rate_limit=RateLimit(
@@ -178,7 +185,7 @@ def api_config(spec: dict, replicas: int) -> ApiConfig:
                            threshold=None if cache["l3"].get("threshold") is None else float(cache["l3"]["threshold"])),
             ),
             providers=Providers(llm=llm(), embeddings=endpoint("embeddings"),
-                                vector_store=endpoint("vectorStore")),
+                                vector_store=vector_store()),
             corpus=Corpus(path=CORPUS_DIR if spec.get("corpus") else None),
             retrieval=Retrieval(top_k=ret["topK"], chunk_size=ret["chunkSize"], chunk_overlap=ret["chunkOverlap"],
                                 embedding_model=ret.get("embeddingModel", Retrieval().embedding_model)),

@@ -23,6 +23,7 @@ from kuberag_contract.config import (
     LLMEndpoint,
     RateLimit,
     Retrieval,
+    VectorStoreTimeouts,
 )
 
 from kuberag_operator.names import name_rules
@@ -38,6 +39,7 @@ _RATE = RateLimit()
 _L1, _L2, _L3 = L1Cache(), L2Cache(), L3Cache()
 _RETRIEVAL = Retrieval()
 _LLM = LLMEndpoint(url="")
+_STORE_TIMEOUTS = VectorStoreTimeouts()
 
 
 def _int(minimum: int | None = None, maximum: int | None = None, default: int | None = None, fmt: str = "int32",
@@ -189,6 +191,34 @@ def _llm_endpoint() -> dict:
         },
     })
     return schema
+def _seconds(maximum: float, default: float, description: str) -> dict:
+    return {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": maximum, "default": default,
+            "description": description}
+
+
+def _vector_store() -> dict:
+    t = _STORE_TIMEOUTS
+    return _obj(
+        {
+            "url": _str("http(s)://host:port of Weaviate's REST API.", max_length=2048,
+                        pattern=r"^https?://[^/?#\s]+/?$"),
+            "grpcHost": _str("gRPC host (default: the url's host).", max_length=253, minLength=1,
+                             pattern=r"^[A-Za-z0-9.:\[\]-]+$"),
+            "grpcPort": _int(1, 65535, 50051, description="gRPC port (searches and batch writes)."),
+            "grpcSecure": {"type": "boolean", "description": "TLS on gRPC (default: true when the url is https)."},
+            "timeouts": _obj({
+                "initSeconds": _seconds(300, t.init_seconds, "Connecting and the start-up checks."),
+                "querySeconds": _seconds(300, t.query_seconds, "One search; a slower one is answered 503."),
+                "insertSeconds": _seconds(3600, t.insert_seconds, "One batch write."),
+            }, default={}),
+            "pollSeconds": {"type": "number", "minimum": 0.05, "maximum": 1.0, "default": 0.5,
+                            "description": "How often each pod reads the shared corpus version and cache epoch."},
+            "apiKeySecretRef": _secret_key_ref("Secret holding Weaviate's API key."),
+        },
+        description="A shared Weaviate: the corpus is indexed once by a Job and every replica queries it. "
+                    "Absent: each pod keeps its own embedded index.",
+        required=["url"],
+    )
 
 
 def _materialize_defaults(schema: dict) -> dict:
@@ -357,7 +387,7 @@ def _spec_schema() -> dict:
             ),
             "llm": _llm_endpoint(),
             "embeddings": _endpoint("OpenAI-compatible embeddings endpoint"),
-            "vectorStore": _endpoint("shared vector store (Weaviate)"),
+            "vectorStore": _vector_store(),
             "adminKeySecretRef": _secret_key_ref("Secret holding the admin API key (X-API-Key) of DELETE /cache and ingestion."),
             "clientKeysSecretRef": _secret_key_ref(
                 "Secret holding the client-keys file (kind: ClientKeys): each client's name, API key and optional "

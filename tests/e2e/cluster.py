@@ -82,7 +82,7 @@ def kubectl_json(plane: ControlPlane, *args: str) -> Any:
     return json.loads(plane.kubectl(*args, "-o", "json").stdout)
 
 
-def install_operator(plane: ControlPlane, node: RealNode, workdir: Path) -> str:
+def install_operator(plane: ControlPlane, node: RealNode, workdir: Path, helm_test_namespace: str) -> str:
     """Install the operator as a user does, running from the local image (2 replicas, leader
     election): `helm install` of charts/kuberag when the chart exists, else `kubectl apply -k
     manifests/` with the image set as a kustomize `images:` override would. Returns how."""
@@ -93,7 +93,8 @@ def install_operator(plane: ControlPlane, node: RealNode, workdir: Path) -> str:
         subprocess.run(
             [str(helm), "install", "kuberag", str(chart), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
              "--kubeconfig", str(plane.kubeconfig), "--set", f"image.repository={image['name']}",
-             "--set", f"image.tag={image['tag']}", "--set", "operator.replicas=2", "--wait", "--timeout", "5m"],
+             "--set", f"image.tag={image['tag']}", "--set", "operator.replicas=2",
+             "--set", f"helmTest.ragService.namespace={helm_test_namespace}", "--wait", "--timeout", "5m"],
             check=True, capture_output=True, text=True, timeout=360,
         )
         how = "helm"
@@ -109,7 +110,8 @@ def install_operator(plane: ControlPlane, node: RealNode, workdir: Path) -> str:
         how = "manifests"
     wait_for(lambda: operator_pods_ready(plane) == 2, timeout=240, what="2 operator pods Ready",
              diagnose=lambda: plane.kubectl("get", "pods", "-A", "-o", "wide").stdout + node.logs())
-    wait_for(lambda: lease_holder(plane), timeout=60, what="an operator leader")
+    wait_for(lambda: lease_holder(plane), timeout=120, what="an operator leader",
+             diagnose=lambda: diagnose(plane, node, OPERATOR_NAMESPACE))
     return how
 
 

@@ -17,11 +17,16 @@ from tests.e2e.kind import KIND_CLUSTER, ExistingCluster, KindNode
 from tests.fixtures.controlplane import ControlPlane, running_control_plane
 from tests.fixtures.realnode import NODE_IP, NODE_NAME
 
+# The first test of a session also pays for the node's start (and an image rebuild after a source
+# change, ~1-3 min here): pytest-timeout counts fixture setup.
+E2E_TEST_TIMEOUT_SECONDS = 1200
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in item.nodeid:
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.timeout(E2E_TEST_TIMEOUT_SECONDS))
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ nothing to start, images already loaded. Not run on the project's own (Docker-le
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,11 +46,11 @@ class KindNode:
         subprocess.run(["kind", "load", "docker-image", "--name", KIND_CLUSTER, new_ref], check=True)
         return new_ref
 
-    def kill_container(self, container_id: str) -> None:
+    def kill_container(self, container_id: str, sig: signal.Signals = signal.SIGKILL) -> None:
         cid = container_id.split("://", 1)[-1]
         pid = subprocess.run(["docker", "exec", self.node_container, "crictl", "inspect", "--output", "go-template",
                               "--template", "{{.info.pid}}", cid], check=True, capture_output=True, text=True).stdout.strip()
-        subprocess.run(["docker", "exec", self.node_container, "kill", "-KILL", pid], check=True)
+        subprocess.run(["docker", "exec", self.node_container, "kill", f"-{sig.name.removeprefix('SIG')}", pid], check=True)
 
     def logs(self) -> str:
         return f"(kind: see `kind export logs --name {KIND_CLUSTER}`)"

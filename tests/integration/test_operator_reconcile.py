@@ -276,6 +276,12 @@ BAD_SPECS = [
     ({"rateLimit": {"trustedProxies": ["10.0.0.0/33"]}},
      "spec.rateLimit.trustedProxies: each entry must be an IP address or a CIDR network"),
     ({"rateLimit": {"perUser": {"burst": 3}}}, "spec.rateLimit.perUser.requestsPerMinute"),
+    ({"vectorStore": {"url": "weaviate:8080"}}, "spec.vectorStore.url"),
+    ({"vectorStore": {"url": "http://weaviate:8080/v1"}}, "spec.vectorStore.url"),
+    ({"vectorStore": {"url": "http://w:8080", "grpcPort": 0}}, "spec.vectorStore.grpcPort"),
+    ({"vectorStore": {"url": "http://w:8080", "pollSeconds": 2}}, "spec.vectorStore.pollSeconds"),
+    ({"vectorStore": {"url": "http://w:8080", "timeouts": {"querySeconds": 0}}}, "spec.vectorStore.timeouts.querySeconds"),
+    ({"vectorStore": {"url": "http://w:8080", "apiKeySecretRef": {"name": ""}}}, "spec.vectorStore.apiKeySecretRef.name"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 import numpy as np
 from kuberag_contract.config import ApiConfig
@@ -17,6 +18,16 @@ from kuberag_api.live_config import LiveConfig
 log = logging.getLogger("kuberag.cache")
 
 
+class SharedEpoch(Protocol):
+    """A cache epoch every replica shares (kept in the shared vector store)."""
+
+    @property
+    def cache_epoch(self) -> int: ...
+
+    def bump_epoch(self) -> int:
+        """Write a new epoch for every replica (blocking I/O); raises when it cannot."""
+
+
 class AnswerCache:
     def __init__(self, live: LiveConfig, l2: RedisCache | None = None) -> None:
         self.live = live
@@ -24,7 +35,10 @@ class AnswerCache:
         self.l1: MemoryCache[CachedAnswer] = MemoryCache(c.l1.max_entries, c.l1.ttl_seconds)
         self.l2 = l2
         self.l3 = SemanticCache(c.l3.max_entries, c.l3.ttl_seconds, c.l3.threshold)
-        self.epoch = 0
+        self._epoch = 0
+        # Set when the store is shared: the epoch then comes from it (read from memory: a cache
+        # hit never waits on the network), so DELETE /cache on any replica reaches all of them.
+        self.shared: SharedEpoch | None = None
         self._background: set[asyncio.Task] = set()
         live.subscribe(self._on_config)
 
@@ -32,6 +46,11 @@ class AnswerCache:
         c = new.cache
         self.l1.resize(c.l1.max_entries, c.l1.ttl_seconds)
         self.l3.resize(c.l3.max_entries if c.l3.enabled else 0, c.l3.ttl_seconds, c.l3.threshold)
+
+    @property
+    def epoch(self) -> int:
+        shared = self.shared
+        return shared.cache_epoch if shared is not None else self._epoch
 
     @property
     def l2_enabled(self) -> bool:
@@ -47,7 +66,7 @@ class AnswerCache:
         if self.l2 is not None:
             epoch = await self.l2.read_epoch()
             if epoch is not None:
-                self.epoch = epoch
+                self._epoch = epoch
 
     async def get(self, key: str, scope: str, promote: bool = True) -> tuple[CachedAnswer, str] | None:
         """Exact-key lookups, cheapest first: L1, L2, L3's exact entries. A hit is copied into
@@ -99,15 +118,20 @@ class AnswerCache:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def clear(self) -> tuple[int, dict[str, int | None]]:
-        """Bump the epoch (every key changes) and drop what each level holds."""
-        new_epoch = self.epoch + 1
+        """Bump the epoch (every key changes) and drop what each level holds. With a shared epoch
+        the new one is written first: if that fails nothing is cleared and the error is raised."""
+        shared = self.shared
+        if shared is not None:
+            self._epoch = await asyncio.get_running_loop().run_in_executor(None, shared.bump_epoch)
+        new_epoch = self._epoch + 1 if shared is None else self._epoch
         cleared: dict[str, int | None] = {"l1": self.l1.clear(), "l2": None, "l3": self.l3.clear()}
         if self.l2 is not None:
             await self.flush_background()
-            stored = await self.l2.bump_epoch(at_least=new_epoch)
-            if stored is not None:
-                new_epoch = max(new_epoch, stored)
+            if shared is None:
+                stored = await self.l2.bump_epoch(at_least=new_epoch)
+                if stored is not None:
+                    new_epoch = max(new_epoch, stored)
             cleared["l2"] = await self.l2.clear()
-        self.epoch = new_epoch
+        self._epoch = new_epoch
         log.info("cache cleared", extra={"epoch": new_epoch, "cleared": cleared})
         return new_epoch, cleared

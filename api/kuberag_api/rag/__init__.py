@@ -12,7 +12,7 @@ from kuberag_api.rag.embedding import (
     build_embedder,
     load_default_embedder,
 )
-from kuberag_api.rag.engine import RagEngine, doc_id_for
+from kuberag_api.rag.engine import RagEngine
 from kuberag_api.rag.generation import (
     NOT_FOUND_ANSWER,
     NOT_FOUND_ANSWER_ES,
@@ -25,6 +25,7 @@ from kuberag_api.rag.generation import (
     not_found_answer,
 )
 from kuberag_api.rag.parsing import SUPPORTED as SUPPORTED_TYPES
+from kuberag_api.rag.store import RagStore, doc_id_for
 from kuberag_api.rag.types import (
     DocumentError,
     DocumentInfo,
@@ -54,6 +55,7 @@ __all__ = [
     "OpenAIEmbedder",
     "Passage",
     "RagEngine",
+    "RagStore",
     "UnsupportedDocument",
     "build_embedder",
     "build_generator",

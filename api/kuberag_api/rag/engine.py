@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import sqlite3
 import threading
 import time
-import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,18 +23,30 @@ import numpy as np
 from kuberag_contract.config import Retrieval
 
 from kuberag_api.rag.bm25 import BM25Index, tokenize
-from kuberag_api.rag.chunking import Chunk, chunk_sections
+from kuberag_api.rag.chunking import Chunk
 from kuberag_api.rag.embedding import Embedder, load_default_embedder
 from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
-from kuberag_api.rag.parsing import CONTENT_TYPES, ParsedDocument, Section, parse_document
+from kuberag_api.rag.parsing import ParsedDocument, Section
+from kuberag_api.rag.store import (
+    ALGORITHM_VERSION,
+    PreparedDocument,
+    check_source,
+    chunk_and_embed,
+    corpus_files,
+    doc_id_for,
+    fingerprint,
+    prepare_document,
+    refused,
+    sections_from_json,
+    sections_json,
+    unsupported_reason,
+)
 from kuberag_api.rag.types import DocumentError, DocumentInfo, IngestResult, Passage
 
 log = logging.getLogger("kuberag.rag")
 
 DB_NAME = "rag-index.sqlite3"
 SCHEMA_VERSION = "1"
-# Bumped when chunking, tokenisation or fusion change in a way that changes answers.
-ALGORITHM_VERSION = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,50 +70,8 @@ class _Snapshot:
     version: str = ""
 
 
-MAX_SOURCE_CHARS = 1024
-_SOURCE_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def check_source(source: str) -> str:
-    """A document's source name as it is stored and cited: a relative path of ``/``-separated
-    names (the corpus directory's layout), never absolute, never ``.``/``..``/empty parts, no
-    control characters (NUL, newline, ...). Raises DocumentError naming what is wrong; uploads
-    are normalised to their base name before they get here (``normalise_upload_name``)."""
-    source = source.strip()
-    if not source:
-        raise DocumentError("a document needs a source name")
-    if len(source) > MAX_SOURCE_CHARS:
-        raise DocumentError(f"the source name is longer than {MAX_SOURCE_CHARS} characters")
-    bad = _SOURCE_FORBIDDEN.search(source)
-    if bad:
-        raise DocumentError(f"the source name {source!r} contains a control character ({bad.group()!r}): "
-                            "rename the file")
-    if source.startswith("/") or "\\" in source:
-        raise DocumentError(f"the source name {source!r} must be a relative path with '/' separators")
-    if any(part in ("", ".", "..") for part in source.split("/")):
-        raise DocumentError(f"the source name {source!r} must not contain empty, '.' or '..' path parts")
-    return unicodedata.normalize("NFC", source)
-
-
-def normalise_upload_name(filename: str) -> str:
-    """The source name of an uploaded file: its base name (clients send a name, and some a whole
-    path: ``../../etc/passwd.txt`` -> ``passwd.txt``, ``C:\\docs\\a.md`` -> ``a.md``), NFC. Control
-    characters are refused, not removed (``check_source``)."""
-    return filename.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].strip()
-
-
-def doc_id_for(source: str) -> str:
-    """Stable id from the source name, so every replica (and a re-ingest) gets the same id."""
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
-def _embedding_text(source: str, heading: str | None, text: str) -> str:
-    # The heading (or file name) gives a chunk the topic its sentences often leave implicit.
-    title = heading or Path(source).stem.replace("-", " ").replace("_", " ")
-    return f"{title}\n{text}"
-
-
 class RagEngine:
+    """The embedded store (see ``kuberag_api.rag.store.RagStore``)."""
     def __init__(self, data_dir: Path, retrieval: Retrieval, embedder: Embedder,
                  dense_weight: float | None = None) -> None:
         self.data_dir = Path(data_dir)
@@ -200,8 +168,7 @@ class RagEngine:
             documents = self._db.execute("SELECT doc_id, source, sections FROM documents").fetchall()
             prepared = []
             for doc_id, source, sections_json in documents:
-                sections = [Section(s["heading"], s["text"], s.get("page")) for s in json.loads(sections_json)]
-                prepared.append((doc_id, source, *self._prepare(source, sections)))
+                prepared.append((doc_id, source, *self._prepare(source, sections_from_json(sections_json))))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM chunks")
@@ -246,7 +213,7 @@ class RagEngine:
             "embedder": self._embedder.name,
             "algorithm": ALGORITHM_VERSION,
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(payload)
 
     # ---------------------------------------------------------------- reading
 
@@ -287,9 +254,7 @@ class RagEngine:
     # ---------------------------------------------------------------- writing
 
     def _prepare(self, source: str, sections: list[Section]) -> tuple[list[Chunk], np.ndarray]:
-        chunks = chunk_sections(sections, self.retrieval.chunk_size, self.retrieval.chunk_overlap)
-        vectors = self._embedder.embed([_embedding_text(source, c.heading, c.text) for c in chunks])
-        return chunks, vectors
+        return chunk_and_embed(source, sections, self.retrieval, self._embedder)
 
     def _insert_chunks(self, doc_id: str, chunks: list[Chunk], vectors: np.ndarray) -> None:
         self._db.executemany(
@@ -320,38 +285,64 @@ class RagEngine:
         existing = self._current_documents().get(doc_id)
         if existing is not None and existing.sha256 == sha:
             return IngestResult(doc_id, source, "unchanged", existing.chunks)
-        if parsed is None:
-            parsed = parse_document(source, data, content_type)
         # The slow part (embedding) runs before the lock so queries and other ingests go on.
-        chunks, vectors = self._prepare(source, parsed.sections)
-        sections_json = json.dumps([{"heading": s.heading, "text": s.text, "page": s.page} for s in parsed.sections])
+        doc = prepare_document(source, data, content_type, self.retrieval, self._embedder, parsed)
+        return self._store(doc, origin, publish)
+
+    def _store(self, doc: PreparedDocument, origin: str, publish: bool = True) -> IngestResult:
+        """Write a parsed, chunked and embedded document in one transaction."""
+        doc_id, chunks = doc.doc_id, doc.chunks
         added_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self._write_lock:
             existing = self._current_documents().get(doc_id)
-            if existing is not None and existing.sha256 == sha:
-                return IngestResult(doc_id, source, "unchanged", existing.chunks)
+            if existing is not None and existing.sha256 == doc.sha256:
+                return IngestResult(doc_id, doc.source, "unchanged", existing.chunks)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("DELETE FROM chunks WHERE doc_id=?", (doc_id,))
                 self._db.execute("DELETE FROM documents WHERE doc_id=?", (doc_id,))
                 self._db.execute(
                     "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?)",
-                    (doc_id, source, parsed.content_type, len(data), sha, added_at, len(chunks), origin, sections_json),
+                    (doc_id, doc.source, doc.content_type, doc.size, doc.sha256, added_at, len(chunks), origin,
+                     sections_json(doc.sections)),
                 )
-                self._insert_chunks(doc_id, chunks, vectors)
+                self._insert_chunks(doc_id, chunks, doc.vectors)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            info = DocumentInfo(doc_id, source, parsed.content_type, len(chunks), len(data), sha, added_at)
+            info = DocumentInfo(doc_id, doc.source, doc.content_type, len(chunks), doc.size, doc.sha256, added_at)
             new_rows = [
-                _ChunkRow(doc_id, f"{doc_id}:{c.position}", source, c.text, c.heading, c.position, c.page,
+                _ChunkRow(doc_id, f"{doc_id}:{c.position}", doc.source, c.text, c.heading, c.position, c.page,
                           tuple(tokenize(f"{c.heading or ''} {c.text}")))
                 for c in chunks
             ]
-            self._apply(remove=doc_id if existing else None, add_rows=new_rows, add_vectors=vectors,
+            self._apply(remove=doc_id if existing else None, add_rows=new_rows, add_vectors=doc.vectors,
                         info=info, publish=publish)
-        return IngestResult(doc_id, source, "replaced" if existing else "added", len(chunks))
+        return IngestResult(doc_id, doc.source, "replaced" if existing else "added", len(chunks))
+
+    def ingest_prepared(self, documents: Iterable[PreparedDocument], origin: str = "api") -> list[IngestResult]:
+        """Write documents that are already embedded (with this index's model and chunking), e.g.
+        exported from another index; the state is published once at the end."""
+        with self._write_lock:
+            try:
+                return [self._store(doc, origin, publish=False) for doc in documents]
+            finally:
+                self._flush()
+
+    def export_documents(self) -> Iterator[PreparedDocument]:
+        """Every document with its chunks and vectors, as stored (another store can take them
+        without embedding again, if it uses the same model and chunking)."""
+        documents = self._db.execute(
+            "SELECT doc_id, source, content_type, bytes, sha256, sections FROM documents ORDER BY source").fetchall()
+        for doc_id, source, content_type, size, sha, sections in documents:
+            rows = self._db.execute("SELECT position, heading, page, text, vector FROM chunks WHERE doc_id=? "
+                                    "ORDER BY position", (doc_id,)).fetchall()
+            chunks = [Chunk(text, heading, position, page) for position, heading, page, text, _ in rows]
+            vectors = np.array([np.frombuffer(v, dtype=np.float32) for *_, v in rows], dtype=np.float32).reshape(
+                len(rows), self._embedder.dim)
+            yield PreparedDocument(doc_id, source, content_type, sha, size, sections_from_json(sections), chunks,
+                                   vectors)
 
     def delete(self, doc_id: str) -> bool:
         with self._write_lock:
@@ -379,7 +370,7 @@ class RagEngine:
                     try:
                         result = self._ingest(source, data, content_type, origin="api", publish=False)
                     except DocumentError as exc:
-                        result = IngestResult(doc_id_for(source.strip() or "?"), source, "refused", 0, str(exc))
+                        result = refused(source, str(exc))
                     results.append(result)
                     if progress is not None:
                         progress(result)
@@ -401,11 +392,9 @@ class RagEngine:
         ingested through the API): new or changed files are indexed, removed ones deleted.
         Source names are paths relative to the corpus directory, so replicas agree."""
         root = Path(corpus_path)
-        if not root.is_dir():
-            raise DocumentError(f"corpus path {str(root)!r} is not a directory")
+        files = corpus_files(root)
         results: list[IngestResult] = []
         seen: set[str] = set()
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
         with self._write_lock:
             try:
                 gone = self._sync_files(root, files, results, seen)
@@ -416,22 +405,22 @@ class RagEngine:
         log.info("corpus indexed", extra={"corpus": str(root), **counts, "removed": len(gone), "chunks": self.chunk_count})
         return results
 
-    def _sync_files(self, root: Path, files: list[Path], results: list[IngestResult], seen: set[str]) -> list[str]:
+    def _sync_files(self, root: Path, files: list[tuple[Path, str]], results: list[IngestResult],
+                    seen: set[str]) -> list[str]:
         """Index ``files`` (unpublished) and delete corpus documents no longer present; returns
         the ids deleted. Runs under the write lock."""
-        for path in files:
-            source = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in CONTENT_TYPES:
-                results.append(IngestResult(doc_id_for(source), source, "refused", 0,
-                                            f"unsupported document type {path.suffix or '(none)'!r}"))
+        for path, source in files:
+            reason = unsupported_reason(path)
+            if reason:
+                results.append(refused(source, reason))
                 continue
             seen.add(doc_id_for(source))
             try:
                 results.append(self._ingest(source, path.read_bytes(), None, origin="corpus", publish=False))
             except DocumentError as exc:
-                results.append(IngestResult(doc_id_for(source), source, "refused", 0, str(exc)))
+                results.append(refused(source, str(exc)))
             except OSError as exc:
-                results.append(IngestResult(doc_id_for(source), source, "refused", 0, f"cannot read: {exc}"))
+                results.append(refused(source, f"cannot read: {exc}"))
         gone = [doc_id for (doc_id,) in self._db.execute("SELECT doc_id FROM documents WHERE origin='corpus'")
                 if doc_id not in seen]
         for doc_id in gone:

@@ -41,10 +41,31 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path: Path, capsys):
     assert "no such file" in err and "Traceback" not in err
 
 
-def test_serve_refuses_an_external_vector_store_it_cannot_use(tmp_path: Path, capsys):
-    # Ignoring it would let replicas that each index on their own disagree silently.
+def test_serve_refuses_a_vector_store_config_it_cannot_use(tmp_path: Path, capsys):
+    # A store that cannot be reached is reported by /readyz; a config that cannot work is refused at start.
     config = tmp_path / "config.yaml"
-    config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
-                      "providers: {vectorStore: {url: 'http://weaviate:8080'}}\n")
+    header = "apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
+    config.write_text(header + "providers: {vectorStore: {url: 'weaviate:8080'}}\n")
     assert main(["serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--port", "0"]) == EXIT_USAGE
-    assert "providers.vectorStore" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "providers.vectorStore.url" in err and "Traceback" not in err
+    config.write_text(header + "providers: {vectorStore: {url: 'http://weaviate:8080', pollSeconds: 5}}\n")
+    assert main(["serve", "--config", str(config), "--data-dir", str(tmp_path / "d"), "--port", "0"]) == EXIT_USAGE
+    assert "pollSeconds" in capsys.readouterr().err
+
+
+def test_ingest_refuses_shards_without_a_shared_store(tmp_path: Path, capsys):
+    corpus = write_corpus(tmp_path / "docs")
+    assert main(["ingest", "--sync", str(corpus), "--shards", "2", "--data-dir", str(tmp_path / "i")]) == EXIT_USAGE
+    assert "--shards" in capsys.readouterr().err
+    assert main(["ingest", "--sync", str(corpus), str(corpus), "--data-dir", str(tmp_path / "i")]) == EXIT_USAGE
+    assert "exactly one corpus directory" in capsys.readouterr().err
+
+
+def test_ingest_sync_makes_the_local_index_hold_exactly_the_directory(tmp_path: Path, capsys):
+    corpus = write_corpus(tmp_path / "docs")
+    data = str(tmp_path / "index")
+    assert main(["ingest", "--sync", str(corpus), "--data-dir", data]) == EXIT_OK
+    (corpus / "tea.txt").unlink()
+    assert main(["ingest", "--sync", str(corpus), "--data-dir", data]) == EXIT_OK
+    assert "3 documents" in capsys.readouterr().out.splitlines()[-1]

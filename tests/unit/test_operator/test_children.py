@@ -303,3 +303,17 @@ def test_pods_stop_routing_before_the_api_drains():
     assert api["lifecycle"]["preStop"] == {"sleep": {"seconds": c.PRESTOP_SLEEP_SECONDS}}
     # the grace period covers the sleep, the API's bound and uvicorn's 5 s on top
     assert pod["terminationGracePeriodSeconds"] >= c.PRESTOP_SLEEP_SECONDS + c.SHUTDOWN_SECONDS + 5
+
+
+def test_vector_store_reaches_the_config_with_its_connection_settings_and_key():
+    children = desired_children(rag({"vectorStore": {
+        "url": "https://weaviate.example:8443", "grpcHost": "weaviate-grpc.example", "grpcPort": 443,
+        "timeouts": {"querySeconds": 3}, "pollSeconds": 0.25, "apiKeySecretRef": {"name": "wv"}}}))
+    store = config_of(children).providers.vector_store
+    assert store.url == "https://weaviate.example:8443" and store.grpc_host == "weaviate-grpc.example"
+    assert store.grpc_port == 443 and store.poll_seconds == 0.25
+    assert store.timeouts.query_seconds == 3 and store.timeouts.insert_seconds == 120  # the rest defaulted
+    env = {e["name"]: e for e in container(children, "api")["env"]}
+    assert env[c.ENV_VECTOR_STORE_API_KEY]["valueFrom"]["secretKeyRef"] == {"name": "wv", "key": "apiKey"}
+    assert ("spec.vectorStore.apiKeySecretRef", {"name": "wv", "key": "apiKey"}) in secret_refs(
+        defaulted_spec({"vectorStore": {"url": "http://w:8080", "apiKeySecretRef": {"name": "wv"}}}))

@@ -24,6 +24,9 @@ def test_operator_deployment_is_two_hardened_replicas_with_leader_election():
     assert ctr["securityContext"]["readOnlyRootFilesystem"] and ctr["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"]
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Service links would set KUBERAG_OPERATOR_METRICS_PORT=tcp://... (from the Service
+    # kuberag-operator-metrics) and the operator would exit on start (found on the real node).
+    assert pod["enableServiceLinks"] is False
 
 
 @pytest.mark.parametrize("sample", sorted(p.name for p in (MANIFESTS / "samples").glob("kuberag.io_*.yaml")))

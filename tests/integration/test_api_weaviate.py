@@ -1,0 +1,207 @@
+"""Replicas sharing one real Weaviate: the indexing command, two `kuberag serve` processes that
+see each other's ingests, deletes and cache clears within the documented bound, /readyz, and an
+outage under load (503 only for uncached questions, then recovery by itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.api_app import write_corpus
+from tests.fixtures.api_process import start_serve, stop_serve
+from tests.fixtures.redis_server import free_port
+from tests.fixtures.weaviate_server import WeaviateServer
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "shared-admin-key"
+# Documented in the README: a change made through any replica reaches every other one within
+# pollSeconds (0.5 s) plus one read; the target is 2 s.
+STALENESS_BOUND_SECONDS = 2.0
+
+
+def service_env(tmp_path: Path, server: WeaviateServer, name: str, *, poll: float = 0.5) -> dict[str, str]:
+    corpus = write_corpus(tmp_path / "corpus")
+    config = tmp_path / "config.yaml"
+    config.write_text("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\n"
+                      "rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n"
+                      f"corpus: {{path: {corpus}}}\n" + server.config_yaml(poll_seconds=poll))
+    return {"KUBERAG_CONFIG": str(config), "KUBERAG_SERVICE_NAME": name, "KUBERAG_NAMESPACE": "tests",
+            "KUBERAG_ADMIN_API_KEY": ADMIN, "KUBERAG_HOST": "127.0.0.1", "KUBERAG_METRICS_PORT": "off",
+            "KUBERAG_ACCESS_LOG": "off", **server.connection_env()}
+
+
+def run_ingest(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`kuberag ingest`, exactly as the indexing Job runs it (its env, its config file)."""
+    return subprocess.run([sys.executable, "-m", "kuberag_api.cli", "ingest", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def ask(base: str, question: str, **headers: str) -> httpx.Response:
+    return httpx.post(base + "/query", json={"question": question, "user_id": "t"}, headers=headers, timeout=30)
+
+
+def checks(base: str) -> dict:
+    """Every /readyz check (the detail needs the admin key)."""
+    return httpx.get(base + "/readyz", headers={"X-API-Key": ADMIN}).json()["checks"]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
+    """Seconds until predicate() is true; fails the test after ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, weaviate: WeaviateServer, redis_server_factory):
+    env = service_env(tmp_path, weaviate, f"qa-{uuid.uuid4().hex[:6]}")
+    indexed = run_ingest(env, "--sync", str(tmp_path / "corpus"), "--revision", "r1")
+    assert indexed.returncode == 0, indexed.stderr + indexed.stdout
+    procs = []
+    bases = []
+    for i in range(2):
+        port = free_port()
+        pod_env = {**os.environ, **env, "KUBERAG_PORT": str(port), "KUBERAG_REDIS_URL": redis_server_factory().url,
+                   "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
+        proc, base = start_serve(pod_env, port, tmp_path / f"serve{i}.log"), f"http://127.0.0.1:{port}"
+        procs.append(proc)
+        bases.append(base)
+    yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed}
+    for proc in procs:
+        stop_serve(proc)
+
+
+def test_the_indexing_command_logs_progress_and_a_summary(replicas):
+    out = replicas["indexed"].stdout
+    assert "indexing into Weaviate" in out and "tests/qa-" in out
+    assert "[4/4]" in out and "added redis.md (1 chunks)" in out
+    assert "4 added; index Kuberag_tests_qa_" in out and "4 documents, 4 chunks" in out
+
+
+def test_replicas_share_ingests_deletes_and_cache_clears(replicas):
+    a, b = replicas["a"], replicas["b"]
+    question = "What does the copper kettle whistle at?"
+    before = ask(b, question).json()
+    assert "copper" not in before["answer"].lower()
+    assert ask(b, question).json()["cache_level"] == "l1"  # B now holds an answer computed before the ingest
+
+    upload = httpx.post(a + "/documents", headers={"X-API-Key": ADMIN},
+                        files={"file": ("kettle.md", b"# Kettle\n\nThe copper kettle whistles at 100 degrees.\n",
+                                        "text/markdown")}, timeout=60)
+    assert upload.status_code == 201, upload.text
+    doc_id = upload.json()["doc_id"]
+    seen_new = wait_until(lambda: "100 degrees" in ask(b, question).json()["answer"], timeout=30)
+    answered = ask(b, question).json()
+    assert any(s["source"] == "kettle.md" for s in answered["sources"])
+
+    deleted = httpx.delete(f"{a}/documents/{doc_id}", headers={"X-API-Key": ADMIN}, timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    seen_gone = wait_until(lambda: all(s["source"] != "kettle.md" for s in ask(b, question).json()["sources"]),
+                           timeout=30)
+
+    epoch_before = checks(b)["cache"]["epoch"]
+    cleared = httpx.delete(a + "/cache", headers={"X-API-Key": ADMIN}, timeout=30)
+    assert cleared.status_code == 200, cleared.text
+    new_epoch = cleared.json()["epoch"]
+    assert new_epoch != epoch_before
+    seen_epoch = wait_until(lambda: checks(b)["cache"]["epoch"] == new_epoch,
+                            timeout=30)
+    assert ask(b, question).json()["cache_hit"] is False  # B's cached answer is gone with the epoch
+    print(f"staleness on replica B: ingest {seen_new:.3f}s, delete {seen_gone:.3f}s, cache clear {seen_epoch:.3f}s")
+    for what, seconds in (("ingest", seen_new), ("delete", seen_gone), ("cache clear", seen_epoch)):
+        assert seconds <= STALENESS_BOUND_SECONDS, f"replica B saw the {what} after {seconds:.2f}s"
+
+
+def test_readyz_shows_the_store(replicas):
+    ready = httpx.get(replicas["b"] + "/readyz", headers={"X-API-Key": ADMIN}).json()
+    store = ready["checks"]["store"]
+    assert ready["status"] == "ready" and store["status"] == "up" and store["type"] == "weaviate"
+    assert store["collection"].startswith("Kuberag_tests_qa_") and store["documents"] == 4
+    assert store["revision"] == "r1" and store["last_poll_seconds_ago"] < 5
+
+
+def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: WeaviateServer):
+    port = free_port()
+    env = {**os.environ, **service_env(tmp_path, weaviate, f"empty-{uuid.uuid4().hex[:6]}"), "KUBERAG_PORT": str(port),
+           "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp_path / "data")}
+    proc, base = start_serve(env, port, tmp_path / "serve.log", ready=False), f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: "no index yet" in checks(base)["index"]["status"], 30)
+        r = httpx.get(base + "/readyz")
+        assert r.status_code == 503 and "no index yet" in r.json()["reasons"][0]
+        q = ask(base, "anything?")
+        assert q.status_code == 503 and "Retry-After" in q.headers
+        assert run_ingest(env, "--sync", str(tmp_path / "corpus")).returncode == 0
+        wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, 30)
+        assert "6379" in ask(base, "Which port does the Redis sidecar listen on?").json()["answer"]
+    finally:
+        stop_serve(proc)
+
+
+def test_outage_under_load_503_only_for_uncached_then_recovery(tmp_path: Path, weaviate_own: WeaviateServer):
+    env = service_env(tmp_path, weaviate_own, "outage")
+    assert run_ingest(env, "--sync", str(tmp_path / "corpus")).returncode == 0
+    port = free_port()
+    env.update(KUBERAG_PORT=str(port), KUBERAG_REDIS_URL="", KUBERAG_DATA_DIR=str(tmp_path / "data"))
+    proc, base = start_serve({**os.environ, **env}, port, tmp_path / "serve.log"), f"http://127.0.0.1:{port}"
+    cached = ["Which port does the Redis sidecar listen on?", "How hot should green tea water be?"]
+    try:
+        for q in cached:
+            assert ask(base, q).status_code == 200
+        outcomes: list[tuple[str, int, bool, bool]] = []  # question, status, Retry-After, while down
+        stop, down = threading.Event(), threading.Event()
+
+        def load() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                for q in (cached[n % 2], f"An uncached question number {n} about kettles?"):
+                    was_down = down.is_set()
+                    try:
+                        r = ask(base, q)
+                        outcomes.append((q, r.status_code, "Retry-After" in r.headers, was_down and down.is_set()))
+                    except httpx.HTTPError as exc:
+                        outcomes.append((q, -1, False, was_down))
+                        print("request failed", exc)
+
+        worker = threading.Thread(target=load)
+        worker.start()
+        time.sleep(1)
+        weaviate_own.stop()
+        wait_until(lambda: "unreachable" in checks(base)["store"]["status"], 30)
+        down.set()
+        wait_until(lambda: sum(1 for *_, d in outcomes if d) >= 6, timeout=120, interval=0.1)
+        assert httpx.get(base + "/readyz").status_code == 200  # still in the Service: cache hits answer
+        problem = ask(base, "A brand new question during the outage?")
+        assert problem.status_code == 503 and problem.headers["Retry-After"]
+        assert problem.headers["content-type"].startswith("application/problem+json")
+        assert "vector store is unavailable" in problem.json()["detail"]
+        down.clear()
+        weaviate_own.start()
+        recovered = wait_until(lambda: ask(base, f"A question after recovery {time.time()}?").status_code == 200,
+                               timeout=60, interval=0.2)
+        stop.set()
+        worker.join(30)
+        print(f"recovered {recovered:.2f}s after Weaviate was ready again; {len(outcomes)} requests under load")
+        for q, status, retry_after, _ in outcomes:
+            if q in cached:
+                assert status == 200, f"a cached question got {status}"
+            else:
+                assert status == 200 or (status == 503 and retry_after), f"an uncached question got {status}"
+        while_down = [(q, status) for q, status, _, d in outcomes if d]
+        assert any(q in cached and status == 200 for q, status in while_down)
+        assert any(q not in cached and status == 503 for q, status in while_down)
+    finally:
+        stop_serve(proc)
