@@ -171,6 +171,8 @@ def release(helm, control_plane):
         control_plane.restart_controller_manager()
     yield {"namespace": namespace, "crd_existed": crd_existed, "notes": out.stdout}
     helm("uninstall", "rel", "-n", namespace, check=False)
+    with control_plane.api_client() as api:
+        client.CoreV1Api(api).delete_namespace(namespace)
 
 
 def test_install_creates_the_crd_rbac_and_operator(release, control_plane):

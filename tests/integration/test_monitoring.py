@@ -25,7 +25,7 @@ from kubernetes import client
 
 from dashboards.rules import DEFAULTS, rule_groups
 from tests.fixtures.monitoring import ApiProcess, scripted_load
-from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice
+from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice, wait_for
 from tests.fixtures.prometheus import PrometheusServer
 from tests.fixtures.redis_server import RedisServer
 
@@ -103,6 +103,21 @@ def scenario(control_plane, tmp_path_factory):
     finally:
         if prom is not None:
             prom.stop()
+        # Leave nothing for later modules' operators (their metrics and events are global): delete
+        # the RagService while this operator runs (it releases kopf's finalizer), then its namespace.
+        with control_plane.api_client() as api:
+            custom = client.CustomObjectsApi(api)
+            custom.delete_namespaced_custom_object("kuberag.io", "v1alpha1", namespace, "ragservices", "docs-qa")
+
+            def deleted() -> bool:
+                try:
+                    custom.get_namespaced_custom_object("kuberag.io", "v1alpha1", namespace, "ragservices", "docs-qa")
+                except client.ApiException as exc:
+                    return exc.status == 404
+                return False
+
+            wait_for(deleted, timeout=60, what="the monitoring RagService deleted", diagnose=operator.log_tail)
+            client.CoreV1Api(api).delete_namespace(namespace)
         operator.stop()
         for api in (main, other):
             api.stop()
