@@ -56,12 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1k chunks only, short runs (a smoke test)")
     parser.add_argument("--skip-retrieval", action="store_true", help="skip recall@5/MRR and ingestion speed")
     parser.add_argument("--skip-http", action="store_true", help="skip the HTTP and L3 benchmarks")
+    parser.add_argument("--hit-path-only", action="store_true",
+                        help="only the hit path against a bare Litestar route (writes bench/results/hitpath.json)")
     parser.add_argument("--sizes", default="1000,10000", help="index sizes in chunks (comma separated)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
     args = parser.parse_args(argv)
 
-    from bench import http, plot
+    from bench import hitpath, http, plot
+
+    if args.hit_path_only or not args.skip_http:
+        print("hit path: kuberag's L1 hit against a bare Litestar route, side by side")
+        hit = hitpath.run(duration=2.0 if args.quick else args.duration, rounds=1 if args.quick else args.repeats)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "hitpath.json").write_text(json.dumps(hit, indent=2) + "\n")
+        if args.hit_path_only:
+            return 0
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
