@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.hit_path_only or not args.skip_http:
         print("hit path: kuberag's L1 hit against a bare Litestar route, side by side")
-        hit = hitpath.run(duration=2.0 if args.quick else args.duration, rounds=1 if args.quick else args.repeats)
+        hit = hitpath.run(duration=2.0 if args.quick else args.duration, rounds=1 if args.quick else args.repeats,
+                          n_chunks=100 if args.quick else 1000)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "hitpath.json").write_text(json.dumps(hit, indent=2) + "\n")
         if args.hit_path_only:

@@ -35,7 +35,7 @@ from kuberag_contract.config import (
     parse_network,
 )
 
-from kuberag_api.live_config import LiveConfig, WatchedFile
+from kuberag_api.live_config import LiveConfig, WatchedFile, load_file
 
 log = logging.getLogger("kuberag.identity")
 
@@ -102,14 +102,7 @@ class ClientKeyStore:
     def from_file(cls, path: Path | None, admin_key: str | None = None) -> ClientKeyStore:
         if path is None:
             return cls(admin_key=admin_key)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the client-keys file {path}: {exc.strerror or exc}") from None
-        try:
-            keys = parse_client_keys(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        keys, _ = load_file(path, "client-keys file", parse_client_keys)
         return cls(keys, path=path, admin_key=admin_key)
 
     def _set(self, keys: ClientKeys | None) -> None:

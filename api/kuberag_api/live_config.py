@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from kuberag_contract.config import (
     STATIC_SECTIONS,
@@ -59,6 +59,21 @@ class WatchedFile:
         return self.path.read_bytes()
 
 
+T = TypeVar("T")
+
+
+def load_file(path: Path, what: str, parse: Callable[[bytes], T]) -> tuple[T, bytes]:
+    """Read and parse a file at start; ConfigError naming the file (the pod must not start)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return parse(raw), raw
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def _static(config: ApiConfig) -> dict:
     d = to_dict(config)
     return {s: d[s] for s in STATIC_SECTIONS}
@@ -94,14 +109,7 @@ class LiveConfig:
         """Load the start-up config. A bad file at start is an error (the pod must not start)."""
         if path is None:
             return cls()
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-        try:
-            config = parse_config_file(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        config, raw = load_file(path, "config file", parse_config_file)
         live = cls(config, path=path, hash_=config_hash(raw))
         live._state = ConfigState(config, live.hash, str(path), raw)
         return live

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.api_server import start_serve
+from tests.fixtures.api_server import serve_test_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 
 @pytest.fixture
 def server(tmp_path: Path, redis_server):
-    serve = start_serve(tmp_path, redis_url=redis_server.url,
+    serve = serve_test_corpus(tmp_path, redis_url=redis_server.url,
                         config="rateLimit: {requestsPerMinute: 1000000, burst: 1000000}\n",
                         env={"KUBERAG_ADMIN_API_KEY": ADMIN, "KUBERAG_LOG_LEVEL": "WARNING"})
     yield serve.base, serve.log

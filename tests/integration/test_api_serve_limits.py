@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.fixtures.api_app import ADMIN_KEY
-from tests.fixtures.api_server import start_serve
+from tests.fixtures.api_server import serve_test_corpus
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ Q = {"question": "How is green tea brewed?"}
 
 @pytest.fixture
 def serve(tmp_path: Path):
-    s = start_serve(tmp_path, config="rateLimit: {requestsPerMinute: 1, burst: 1000}\n",
+    s = serve_test_corpus(tmp_path, config="rateLimit: {requestsPerMinute: 1, burst: 1000}\n",
                     env={"KUBERAG_ADMIN_API_KEY": ADMIN_KEY, "KUBERAG_SHUTDOWN_SECONDS": "2"})
     yield s
     s.stop()
