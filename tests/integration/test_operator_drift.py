@@ -12,7 +12,7 @@ import uuid
 import pytest
 from kubernetes import client
 
-from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice, wait_for
+from tests.fixtures.operator_process import ragservice, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +21,9 @@ QUIET_SECONDS = 4.0  # after a change settles, this long without a new Event cou
 
 
 @pytest.fixture(scope="module")
-def operator_log(tmp_path_factory):
-    return tmp_path_factory.mktemp("drift-operator") / "operator.log"
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane, operator_log):
-    install_crd(control_plane)
-    proc = OperatorProcess(control_plane.kubeconfig, operator_log).start()
-    try:
-        proc.wait_healthy()
+def operator(control_plane, tmp_path_factory):
+    with running_operator(control_plane, tmp_path_factory.mktemp("drift-operator") / "operator.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -8,18 +8,15 @@ test_operator_status.py; the real-node suite reads a real pod whose sidecar is s
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from kuberag_operator.health import DependencyHealth, read_pod_health
 from kuberag_operator.status import dependency_condition
 
 from tests.fixtures.api_app import write_corpus
+from tests.fixtures.api_process import start_serve, stop_serve
 from tests.fixtures.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -35,27 +32,9 @@ def api_pod(tmp_path: Path, redis_server):
     env = {**os.environ, "KUBERAG_PORT": str(port), "KUBERAG_METRICS_PORT": str(metrics_port),
            "KUBERAG_REDIS_URL": redis_server.url, "KUBERAG_DATA_DIR": str(tmp_path / "data"),
            "KUBERAG_CONFIG": str(config), "KUBERAG_HOST": "127.0.0.1"}
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kuberag_api.cli", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"kuberag serve did not become ready: {log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
+    proc = start_serve(env, port, tmp_path / "server.log")
     yield {"metrics_port": metrics_port, "redis": redis_server}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_serve(proc)
 
 
 def _read_until(port: int, wanted: dict[str, bool], timeout: float = 30.0):

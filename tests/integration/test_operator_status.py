@@ -15,7 +15,7 @@ import uuid
 import pytest
 from kubernetes import client
 
-from tests.fixtures.operator_process import OperatorProcess, install_crd, ragservice, wait_for
+from tests.fixtures.operator_process import ragservice, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,9 @@ GROUP, VERSION, PLURAL = "kuberag.io", "v1alpha1", "ragservices"
 
 @pytest.fixture(scope="module")
 def operator(control_plane, tmp_path_factory):
-    install_crd(control_plane)
-    proc = OperatorProcess(control_plane.kubeconfig, tmp_path_factory.mktemp("status-operator") / "operator.log",
-                           env={"KUBERAG_OPERATOR_NO_READY_GRACE_SECONDS": "3",
-                                "KUBERAG_OPERATOR_POD_HEALTH_SECONDS": "3"}).start()
-    try:
-        proc.wait_healthy()
+    env = {"KUBERAG_OPERATOR_NO_READY_GRACE_SECONDS": "3", "KUBERAG_OPERATOR_POD_HEALTH_SECONDS": "3"}
+    with running_operator(control_plane, tmp_path_factory.mktemp("status-operator") / "operator.log", env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
