@@ -31,7 +31,10 @@ def operator(control_plane, tmp_path_factory):
 
 @pytest.fixture
 def ns(control_plane):
-    return control_plane.create_namespace(f"status-{uuid.uuid4().hex[:8]}")
+    name = control_plane.create_namespace(f"status-{uuid.uuid4().hex[:8]}")
+    yield name
+    # Many RagServices with pods: gone before later tests (an operator taking over resumes them all).
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
