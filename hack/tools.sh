@@ -89,13 +89,17 @@ build_kubernetes() {
 # --- go install tools (no replace directives upstream) ------------------------------------------
 go_install() { # name version package [extra ldflags]
   local name=$1 version=$2 pkg=$3 ldflags="-s -w ${4:-}" out=$TOOLS/$1-$2
-  if [ -x "$out/bin/$name" ]; then log "$name $version: up to date in $out/bin"; return; fi
+  # The link flags are part of what was built: a binary linked with other -X values is rebuilt.
+  if [ -x "$out/bin/$name" ] && [ "$(cat "$out/ldflags" 2>/dev/null)" = "$ldflags" ]; then
+    log "$name $version: up to date in $out/bin"; return
+  fi
   log "$name $version: go install $pkg@$version"
   local start=$SECONDS
   mkdir -p "$out"
   GOBIN="$out/bin.tmp" go install -trimpath -ldflags "$ldflags" "$pkg@$version" ||
     die "go install $pkg@$version failed (see above)"
   rm -rf "$out/bin" && mv "$out/bin.tmp" "$out/bin"
+  printf '%s' "$ldflags" >"$out/ldflags"
   log "$name $version: built in $((SECONDS - start))s"
 }
 
@@ -139,8 +143,17 @@ copy_prometheus_crds() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
-# Without the -X, `helm version` says v3.19 (helm reads its version from ldflags only).
-build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"; }
+# helm's release ldflags (its Makefile): without them `helm version` says v3.19 and offline
+# capabilities (lint, template) assume Kubernetes 1.20, which fails a chart's kubeVersion. The
+# Kubernetes version is the one helm's client-go stands for (v0.34 -> 1.34), as its Makefile derives it.
+HELM_K8S_MINOR=34
+build_helm() {
+  local x="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" p
+  for p in pkg/lint/rules pkg/chartutil; do
+    x+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=$HELM_K8S_MINOR"
+  done
+  go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$x"
+}
 
 # The shared vector store of the Weaviate tests (a cold build takes 5-12 minutes on 2 cores).
 build_weaviate() {
