@@ -136,50 +136,139 @@ def _shard(args: argparse.Namespace) -> tuple[int, int]:
     return shard, shards
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from kuberag_contract.config import ConfigError
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+def _corpus_revision(files: list[tuple[Path, str]]) -> str:
+    """A digest of a corpus directory (every file's name and bytes): recorded with the index."""
+    import hashlib
 
-    from kuberag_api.rag import DocumentError
+    digest = hashlib.sha256()
+    for path, source in files:
+        try:
+            digest.update(f"{source}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        except OSError:
+            digest.update(f"{source}\0unreadable\n".encode())
+    return f"files:{digest.hexdigest()[:16]}"
+
+
+class _IngestPlan:
+    """What `kuberag ingest` indexes: files, or (``--sync``) one corpus directory and its revision."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, str]] = []
+        self.missing: list[str] = []
+        self.corpus: Path | None = None
+        self.revision: str | None = None
+        self.workdir: str | None = None  # a Git checkout, removed at the end
+
+
+def _plan_git(args: argparse.Namespace, plan: _IngestPlan, store) -> str | None:
+    """Check out the Git source into a temporary directory; a message when there is nothing to do."""
+    import tempfile
+
+    from kuberag_api.git_source import checkout, corpus_dir, git_env, resolve_commit
+
+    plan.workdir = tempfile.mkdtemp(prefix="kuberag-git-")
+    env = git_env(Path(plan.workdir) / "home")
+    if args.if_changed:
+        commit = resolve_commit(args.git, args.git_ref, env)
+        if store.revision == commit:
+            return f"{args.git} {args.git_ref} is at {commit[:12]}, which is indexed already: nothing to do"
+    commit = checkout(args.git, args.git_ref, Path(plan.workdir) / "repo", env)
+    plan.corpus = corpus_dir(Path(plan.workdir) / "repo", args.git_path)
+    plan.revision = commit
+    print(f"checked out {args.git} {args.git_ref} at {commit}", flush=True)
+    return None
+
+
+def _usage_problem(args: argparse.Namespace, shared: bool, shards: int) -> str | None:
+    if shards > 1 and not shared:
+        return "--shards needs a shared store (providers.vectorStore): shards of a local index would not meet"
+    if args.git and not args.sync:
+        return "--git needs --sync (the index then holds exactly the repository's documents)"
+    if args.git and args.paths:
+        return "give either PATHs or --git, not both"
+    if args.git and shards > 1:
+        return "a Git source is indexed by one pod (--shards 1): every document must come from the same commit"
+    if args.if_changed and not (args.git and shared):
+        return "--if-changed compares a Git commit with the shared index's revision: it needs --git and a shared store"
+    if args.sync and not args.git and (len(args.paths) != 1 or not Path(args.paths[0]).is_dir()):
+        return "--sync takes exactly one corpus directory (the index then holds exactly its files)"
+    if not args.sync and not args.paths:
+        return "nothing to ingest: give files or directories (or --sync --git URL)"
+    return None
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import shutil
+
+    from kuberag_contract.config import ConfigError
+
+    from kuberag_api.git_source import GitSourceError
     from kuberag_api.rag.store import corpus_files
 
-    console = Console(stderr=False)
     try:
         config = _load_config(args.config)
         shard, shards = _shard(args)
     except (ConfigError, OSError, ValueError) as exc:
         _err(str(exc))
         return EXIT_USAGE
-    if shards > 1 and config.providers.vector_store is None:
-        _err("--shards needs a shared store (providers.vectorStore): shards of a local index would not meet")
+    shared = config.providers.vector_store is not None
+    problem = _usage_problem(args, shared, shards)
+    if problem:
+        _err(problem)
         return EXIT_USAGE
-    if args.sync:
-        if len(args.paths) != 1 or not Path(args.paths[0]).is_dir():
-            _err("--sync takes exactly one corpus directory (the index then holds exactly its files)")
-            return EXIT_USAGE
-        files, missing = corpus_files(Path(args.paths[0])), []
-        if shards > 1:
-            from kuberag_api.rag.weaviate_store import shard_of
-
-            files = [(p, s) for p, s in files if shard_of(s, shards) == shard]
-    else:
-        files, missing = _files(args.paths)
-        for m in missing:
+    plan = _IngestPlan()
+    if not args.sync:
+        plan.files, plan.missing = _files(args.paths)
+        for m in plan.missing:
             _err(f"{m}: no such file or directory")
-        if not files:
-            _err("nothing to ingest" + (" (every path was missing)" if missing else ""))
+        if not plan.files:
+            _err("nothing to ingest" + (" (every path was missing)" if plan.missing else ""))
             return EXIT_USAGE
     try:
         store = _open_store(args, config)
     except Exception as exc:  # a store that cannot open is one clear line, not a trace
         _err(f"cannot open the index: {exc}")
         return EXIT_FAILED
-    shared = config.providers.vector_store is not None
+    try:
+        if args.git:
+            nothing_to_do = _plan_git(args, plan, store)
+            if nothing_to_do:
+                print(nothing_to_do, flush=True)
+                return EXIT_OK
+        elif args.sync:
+            plan.corpus = Path(args.paths[0])
+        if plan.corpus is not None:
+            every = corpus_files(plan.corpus)
+            if shared and plan.revision is None:
+                plan.revision = args.revision or _corpus_revision(every)
+            if shards > 1:
+                from kuberag_api.rag.weaviate_store import shard_of
+
+                every = [(p, s) for p, s in every if shard_of(s, shards) == shard]
+            plan.files = every
+        return _run_ingest(args, store, plan, shared, shard, shards)
+    except GitSourceError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    finally:
+        store.close()
+        if plan.workdir:
+            shutil.rmtree(plan.workdir, ignore_errors=True)
+
+
+def _run_ingest(args: argparse.Namespace, store, plan: _IngestPlan, shared: bool, shard: int, shards: int) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from kuberag_api.rag import DocumentError
+
+    console = Console(stderr=False)
+    files = plan.files
     if shared:
-        print(f"indexing into Weaviate {config.providers.vector_store.url} for {store.service.key}"
-              + (f", shard {shard + 1} of {shards}" if shards > 1 else ""), flush=True)
+        print(f"indexing into Weaviate {store.config.url} for {store.service.key}"
+              + (f", shard {shard + 1} of {shards}" if shards > 1 else "")
+              + (f", revision {plan.revision}" if plan.revision else ""), flush=True)
     results: list[tuple[str, str, int, str | None]] = []
     # In a Job's log (no terminal) a line per document; on a terminal a progress bar.
     live = console.is_terminal
@@ -206,11 +295,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                       + (f": {r.reason}" if r.reason else ""), flush=True)
 
         try:
-            if args.sync and shared:
-                store.sync_corpus(args.paths[0], build_id=args.build_id, shard=shard, shards=shards,
-                                  revision=args.revision, progress=done)
-            elif args.sync:
-                for r in store.sync_corpus(args.paths[0]):
+            if plan.corpus is not None and shared:
+                store.sync_corpus(plan.corpus, build_id=args.build_id, shard=shard, shards=shards,
+                                  revision=plan.revision, progress=done)
+            elif plan.corpus is not None:
+                for r in store.sync_corpus(plan.corpus):
                     done(r)
             else:
                 # One batch: the embedded index (BM25, snapshot) is published once, not per file.
@@ -221,8 +310,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         except Exception as exc:
             _err(f"ingestion failed: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
-        finally:
-            store.close()
     table = Table(title="ingestion summary")
     for col in ("source", "status", "chunks", "reason"):
         table.add_column(col)
@@ -236,7 +323,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                   f"; {where}: {store.document_count} documents, {store.chunk_count} chunks", soft_wrap=True)
     # Non-zero when anything was refused or missing, so scripts notice.
-    return EXIT_REFUSED if counts.get("refused") or missing else EXIT_OK
+    return EXIT_REFUSED if counts.get("refused") or plan.missing else EXIT_OK
 
 
 # --- ask -------------------------------------------------------------------------------------
@@ -304,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser(
         "ingest", help="add files (txt, md, html, pdf; directories recursively) to the index: the local one, "
                        "or the shared Weaviate when the config sets providers.vectorStore")
-    ingest.add_argument("paths", nargs="+", metavar="PATH")
+    ingest.add_argument("paths", nargs="*", metavar="PATH")
     ingest.add_argument("--data-dir", help="index directory (KUBERAG_DATA_DIR, default ./.data)")
     ingest.add_argument("--config", help="config file (KUBERAG_CONFIG): retrieval settings and the vector store")
     ingest.add_argument("--sync", action="store_true",
@@ -313,7 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--shards", type=int, default=1, help="with --sync: the Indexed Job's completions")
     ingest.add_argument("--shard", type=int, help="with --sync: this shard (default: JOB_COMPLETION_INDEX or 0)")
     ingest.add_argument("--build-id", help="with --sync: the index version every shard writes (the Job's)")
-    ingest.add_argument("--revision", help="with --sync: the corpus revision recorded with the index (a Git commit)")
+    ingest.add_argument("--revision", help="with --sync: the corpus revision recorded with the index "
+                                           "(default: a Git commit, else a digest of the files)")
+    ingest.add_argument("--git", metavar="URL", help="with --sync: index a Git repository (https://, ssh://, file://; "
+                                                     "credentials from KUBERAG_GIT_USERNAME/KUBERAG_GIT_PASSWORD)")
+    ingest.add_argument("--git-ref", default="main", help="with --git: branch, tag or commit (default main)")
+    ingest.add_argument("--git-path", default="", help="with --git: the documents' directory in the repository")
+    ingest.add_argument("--if-changed", action="store_true",
+                        help="with --git: exit at once when the ref's commit is the one the index holds")
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="answer a question from the local index, or from a server with --url")

@@ -21,6 +21,9 @@ CONFIG_KIND = "ApiConfig"
 # symlink swap (..data -> ..2024_xx) updates the file in place.
 CONFIG_DIR = "/etc/kuberag"
 CONFIG_FILENAME = "config.yaml"
+# The indexing Job's config (same ConfigMap): the spec being indexed, which the API pods only
+# switch to once its index is complete.
+INDEX_CONFIG_FILENAME = "index.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILENAME}"
 
 # --- environment -----------------------------------------------------------------------------
@@ -38,6 +41,9 @@ ENV_NAMESPACE = "KUBERAG_NAMESPACE"
 ENV_LLM_API_KEY = "KUBERAG_LLM_API_KEY"
 ENV_EMBEDDINGS_API_KEY = "KUBERAG_EMBEDDINGS_API_KEY"
 ENV_VECTOR_STORE_API_KEY = "KUBERAG_VECTOR_STORE_API_KEY"
+# Credentials of a Git corpus source (the indexing Job and CronJob only).
+ENV_GIT_USERNAME = "KUBERAG_GIT_USERNAME"
+ENV_GIT_PASSWORD = "KUBERAG_GIT_PASSWORD"
 # The client-keys file (``ClientKeys``, see ``kuberag_contract.config``): the verified callers.
 ENV_CLIENT_KEYS = "KUBERAG_CLIENT_KEYS"
 
@@ -82,6 +88,8 @@ CONTAINER_API = "api"
 CONTAINER_REDIS = "redis"
 RUN_AS_UID = 65532
 API_COMMAND = ("kuberag", "serve")
+# The indexing Job: build a new index version of the corpus and switch the replicas to it.
+INDEX_COMMAND = ("kuberag", "ingest", "--sync")
 
 
 def redis_sidecar_args(maxmemory: str) -> list[str]:
@@ -109,3 +117,7 @@ MANAGED_BY = "kuberag-operator"
 ANNOTATION_STATIC_CONFIG_HASH = f"{GROUP}/static-config-hash"
 # Hash of the whole config file (status.configHash, and the API's metric label).
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+# On the indexing Job: the hash of what it indexes (corpus source, embeddings, chunking) and the
+# index version (build id) every shard writes.
+ANNOTATION_INDEX_HASH = f"{GROUP}/index-hash"
+ANNOTATION_INDEX_BUILD = f"{GROUP}/index-build"

@@ -46,6 +46,7 @@ from kuberag_contract import (
     ENV_SERVICE_NAME,
     ENV_VECTOR_STORE_API_KEY,
     HTTP_PORT,
+    INDEX_CONFIG_FILENAME,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -84,6 +85,7 @@ from kuberag_contract.config import (
 )
 
 from kuberag_operator.crd import defaulted_spec
+from kuberag_operator.indexing import git_cronjob, index_job, spec_served, uses_shared_store
 from kuberag_operator.names import child_name
 
 COMPONENT_API = "api"
@@ -99,6 +101,7 @@ OPTIONAL_KINDS = (
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("batch/v1", "CronJob"),
 )
 
 
@@ -290,7 +293,8 @@ def _deployment(name: str, spec: dict, config: ApiConfig) -> dict:
         {"name": VOLUME_CONFIG, "configMap": {"name": child_name(name, "config")}},
         {"name": VOLUME_DATA, "emptyDir": {}},
     ]
-    corpus = spec.get("corpus") or {}
+    # With a shared store the indexing Job reads the corpus; the pods only query.
+    corpus = {} if uses_shared_store(spec) else spec.get("corpus") or {}
     if corpus.get("configMap"):
         volumes.append({"name": VOLUME_CORPUS, "configMap": {"name": corpus["configMap"]["name"]}})
     elif corpus.get("volume"):
@@ -351,26 +355,34 @@ def desired_replicas(spec: dict, current_replicas: int | None = None) -> int:
     return spec["replicas"]
 
 
-def desired_children(ragservice: dict, *, current_replicas: int | None = None) -> list[dict]:
+def desired_children(ragservice: dict, *, current_replicas: int | None = None, index_build: str | None = None,
+                     served: dict | None = None) -> list[dict]:
     """Every object the RagService owns, fully formed for server-side apply.
 
     ``current_replicas`` is the Deployment's current replica count, used only with autoscaling to
-    divide ``rateLimit.totalRequestsPerMinute`` over the pods the HPA chose.
+    divide ``rateLimit.totalRequestsPerMinute`` over the pods the HPA chose. With a shared store:
+    ``index_build`` adds the indexing Job that builds that index version, and ``served`` (the
+    embeddings and chunking of the completed index) is what the pods run with meanwhile.
     Raises SpecError when the spec cannot make a valid config.
     """
     meta = ragservice["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     spec = defaulted_spec(ragservice.get("spec"))
     replicas = desired_replicas(spec, current_replicas)
-    config = api_config(spec, replicas)
+    shared = uses_shared_store(spec)
+    pod_spec = spec_served(spec, served) if shared else spec
+    config = api_config(pod_spec, replicas)
     config_text = render_config(config)
+    data = {CONFIG_FILENAME: config_text}
+    if shared:
+        data[INDEX_CONFIG_FILENAME] = render_config(api_config(spec, replicas))
 
     children: list[dict] = [
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {"name": child_name(name, "config"), "labels": child_labels(name, "config"),
                       "annotations": {ANNOTATION_CONFIG_HASH: config_hash(config_text)}},
-         "data": {CONFIG_FILENAME: config_text}},
-        _deployment(name, spec, config),
+         "data": data},
+        _deployment(name, pod_spec, config),
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": name, "labels": child_labels(name)},
          "spec": {"type": "ClusterIP", "selector": selector_labels(name),
@@ -430,6 +442,11 @@ def desired_children(ragservice: dict, *, current_replicas: int | None = None) -
                 }],
             },
         })
+    if shared and index_build:
+        children.append(index_job(name, spec, index_build))
+    cronjob = git_cronjob(name, spec) if shared else None
+    if cronjob is not None:
+        children.append(cronjob)
     for child in children:
         child["metadata"]["namespace"] = namespace
         # kopf's helper sets a controller owner reference with blockOwnerDeletion.

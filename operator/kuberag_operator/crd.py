@@ -221,6 +221,39 @@ def _vector_store() -> dict:
     )
 
 
+def _git_source() -> dict:
+    return _obj(
+        {
+            "url": _str("Repository to index: https://, http://, ssh://, git:// or file://.", max_length=2048,
+                        minLength=1, pattern=r"^(https?|ssh|git|file)://[^\s]+$"),
+            "ref": _str("Branch, tag or commit id.", default="main", max_length=255, minLength=1,
+                        pattern=r"^[A-Za-z0-9][-A-Za-z0-9._/]*$"),
+            "path": _str("Directory of the documents inside the repository (default: all of it).", default="",
+                         max_length=1024, pattern=r"^[^/\s][^\s]*$|^$"),
+            "schedule": _str("When the CronJob checks the ref for a new commit (cron syntax).", default="*/10 * * * *",
+                             max_length=64, pattern=r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+                                                    r"|(\S+\s+){4}\S+)$"),
+            "secretRef": _obj(
+                {
+                    "name": _name_ref("Name of the Secret (same namespace)."),
+                    "usernameKey": _str("Key holding the username.", default="username", max_length=253,
+                                        minLength=1, pattern=SECRET_KEY),
+                    "passwordKey": _str("Key holding the password or token.", default="password", max_length=253,
+                                        minLength=1, pattern=SECRET_KEY),
+                },
+                description="Secret with HTTPS credentials (a token as the password).",
+                required=["name"],
+            ),
+        },
+        description="A Git repository: indexed by a Job, then re-indexed by a CronJob when the ref's commit "
+                    "changes. Needs spec.vectorStore.",
+        required=["url"],
+        rules=[{"rule": "!self.path.matches('(^|/)[.][.]?(/|$)')",
+                "message": "spec.corpus.git.path must stay inside the repository (no '.' or '..' parts)",
+                "fieldPath": ".path"}],
+    )
+
+
 def _materialize_defaults(schema: dict) -> dict:
     """Expand each ``default: {}`` into the object its nested defaults make.
 
@@ -365,10 +398,26 @@ def _spec_schema() -> dict:
                                # One source, e.g. {persistentVolumeClaim: {claimName: docs}}; the rest is
                                # checked when the Deployment is applied (reported as spec.corpus).
                                "minProperties": 1, "maxProperties": 1},
+                    "git": _git_source(),
                 },
-                description="The read-only source every replica indexes at start.",
-                rules=[{"rule": "!(has(self.configMap) && has(self.volume))",
-                        "message": "spec.corpus: set either configMap or volume, not both"}],
+                description="The read-only source of the documents: every replica indexes it at start, or, with "
+                            "spec.vectorStore, the indexing Job indexes it once into the shared store.",
+                rules=[{"rule": "[has(self.configMap), has(self.volume), has(self.git)].filter(x, x).size() <= 1",
+                        "message": "spec.corpus: set one of configMap, volume or git"}],
+            ),
+            "indexing": _obj(
+                {
+                    "shards": _int(1, 100, 1, description=(
+                        "Pods of the indexing Job (an Indexed Job: each indexes its share of the documents; the "
+                        "new index serves once every shard has finished). Needs spec.vectorStore.")),
+                    "backoffLimitPerIndex": _int(0, 10, 2, description="Retries of a failed shard before the Job "
+                                                                       "fails (Indexed=False, IndexingFailed)."),
+                    "resources": _resources("spec.indexing.resources", "Resources of each indexing pod (it embeds).",
+                                            {"requests": {"cpu": "500m", "memory": "768Mi"},
+                                             "limits": {"memory": "2Gi"}}),
+                },
+                default={},
+                description="The indexing Job that builds the shared index (with spec.vectorStore).",
             ),
             "retrieval": _obj(
                 {
@@ -414,6 +463,18 @@ def _spec_schema() -> dict:
             "message": "spec.ingestion.enabled with more than one replica or autoscaling requires a shared vector store "
                        "(spec.vectorStore): replicas would index different documents",
             "fieldPath": ".ingestion.enabled",
+        }, {
+            "rule": "!has(self.corpus) || !has(self.corpus.git) || has(self.vectorStore)",
+            "message": "spec.corpus.git requires spec.vectorStore: a Git source is indexed by a Job into the shared store",
+            "fieldPath": ".corpus.git",
+        }, {
+            "rule": "self.indexing.shards == 1 || has(self.vectorStore)",
+            "message": "spec.indexing.shards applies to the indexing Job of a shared store (spec.vectorStore)",
+            "fieldPath": ".indexing.shards",
+        }, {
+            "rule": "self.indexing.shards == 1 || !has(self.corpus) || !has(self.corpus.git)",
+            "message": "spec.indexing.shards must be 1 with a Git source: every document must come from one commit",
+            "fieldPath": ".indexing.shards",
         }],
     )
 
@@ -438,6 +499,24 @@ def status_schema() -> dict:
             "selector": _str("Label selector of the pods (scale subresource).", max_length=1024),
             "endpoint": _str("In-cluster URL of the API.", max_length=1024),
             "configHash": _str("sha256 of the config file the pods run with.", max_length=64),
+            "indexing": _obj(
+                {
+                    "job": _str("The indexing Job.", max_length=253),
+                    "build": _str("The index version it builds.", max_length=64),
+                    "indexHash": _str("Hash of what it indexes (corpus source, embeddings, chunking).", max_length=64),
+                    "shards": _int(0),
+                    "completedShards": _int(0),
+                    "state": {"type": "string", "enum": ["Indexing", "Indexed", "Failed"]},
+                    "lastIndexedBuild": _str("The last index version completed (the one the pods serve).",
+                                             max_length=64),
+                    "lastIndexedHash": _str(max_length=64),
+                    "lastIndexedTime": {"type": "string", "format": "date-time"},
+                    "served": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                               "description": "The embeddings and chunking of the completed index: the pods run "
+                                              "with these until a new index is complete."},
+                },
+                description="The shared index (spec.vectorStore): the indexing Job and the last completed version.",
+            ),
             "conditions": {"type": "array", "items": condition, "x-kubernetes-list-type": "map",
                            "x-kubernetes-list-map-keys": ["type"]},
         }
@@ -455,7 +534,15 @@ def custom_resource_definition() -> dict:
             "status": status_schema(),
         },
         description="A retrieval-augmented question-answering API run by the kuberag operator.",
-        rules=name_rules(),
+        rules=name_rules() + [
+            {"rule": "!has(self.spec.corpus) || !has(self.spec.corpus.git) || size(self.metadata.name) <= 46",
+             "message": "metadata.name must be at most 46 characters with spec.corpus.git: its CronJob NAME-index "
+                        "must fit the 52 characters Kubernetes allows a CronJob"},
+            # An Indexed Job's pods are named after it: NAME-index-<shard> must be a 63-character label.
+            {"rule": "size(self.metadata.name) + 7 + size(string(self.spec.indexing.shards - 1)) <= 63",
+             "message": "metadata.name is too long for spec.indexing.shards: the shards' host names "
+                        "NAME-index-<shard> must fit 63 characters"},
+        ],
     )
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -481,6 +568,8 @@ def custom_resource_definition() -> dict:
                     {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
                     {"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"},
+                    {"name": "Indexed", "type": "string", "priority": 1,
+                     "jsonPath": ".status.conditions[?(@.type==\"Indexed\")].status"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
             }],

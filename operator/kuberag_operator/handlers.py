@@ -47,6 +47,9 @@ WATCHED_CHILDREN = (
     # Watched when its CRD exists at operator start: with CRD scanning off, kopf resolves the
     # resources it serves once (a CRD installed later is covered by the reconcile timer).
     ("monitoring.coreos.com", "v1", "servicemonitors"),
+    # The indexing Job (its progress goes to status) and a Git source's CronJob.
+    ("batch", "v1", "jobs"),
+    ("batch", "v1", "cronjobs"),
 )
 # What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
 KOPF_PERMISSIONS = frozenset(

@@ -34,7 +34,8 @@ API_PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
     | {(GROUP, f"{PLURAL}/status", v) for v in ("get", "patch")}
     | {(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "deployments"),
                                ("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets"),
-                               ("networking.k8s.io", "networkpolicies"), ("monitoring.coreos.com", "servicemonitors"))
+                               ("networking.k8s.io", "networkpolicies"), ("monitoring.coreos.com", "servicemonitors"),
+                               ("batch", "jobs"), ("batch", "cronjobs"))
        for v in _CHILD_VERBS}
     | {("", "secrets", "get")}  # existence of referenced Secrets only: never list/watch
     | {("", "pods", "list")}  # the pods' IPs, to read their metrics port (dependency health)
@@ -91,6 +92,9 @@ def _relevant(obj: dict) -> tuple:
     if obj.get("kind") == "Deployment":
         progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), {})
         used = ([status.get(k) for k in _DEPLOYMENT_STATUS], progressing.get("reason"))
+    elif obj.get("kind") == "Job":  # the indexing Job's progress and outcome are in the RagService's status
+        used = (status.get("succeeded"), status.get("failed"),
+                sorted(c.get("type", "") for c in status.get("conditions") or [] if c.get("status") == "True"))
     return meta, body, used
 
 
@@ -218,7 +222,9 @@ class Cluster:
         if not any(r.get("uid") == owner_uid and r.get("controller") for r in refs):
             return False
         try:
-            self._resource(api_version, kind).delete(name=name, namespace=namespace, **_T)
+            # Background: a Job's or CronJob's pods go with it (their API default orphans them).
+            self._resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background",
+                                                     **_T)
         except NotFoundError:
             return False
         finally:

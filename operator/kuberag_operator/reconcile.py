@@ -34,7 +34,9 @@ from kuberag_operator.children import (
 from kuberag_operator.crd import defaulted_spec
 from kuberag_operator.drift import foreign_fields, matches, project, protected_view, take_foreign_fields
 from kuberag_operator.health import DependencyHealth
+from kuberag_operator.indexing import plan_indexing
 from kuberag_operator.kube import FIELD_MANAGER, Cluster
+from kuberag_operator.names import child_name
 from kuberag_operator.status import (
     MONITORING,
     Condition,
@@ -249,10 +251,15 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
     if uses_autoscaling(spec):
         deployment = cluster.current("apps/v1", "Deployment", namespace, name)
         current_replicas = ((deployment or {}).get("spec") or {}).get("replicas")
+    indexing = plan_indexing(cluster.current("batch/v1", "Job", namespace, child_name(name, "index")), spec, status)
     try:
-        children = desired_children(rs, current_replicas=current_replicas)
+        children = desired_children(rs, current_replicas=current_replicas, index_build=indexing.build,
+                                    served=indexing.served)
     except SpecError as exc:
         raise _fail(cluster, rs, "InvalidSpec", str(exc), temporary=False, result="invalid_spec") from None
+    if indexing.replace is not None:
+        # A Job's pod template cannot change: the one for another index (or settings) goes first.
+        cluster.delete_owned("batch/v1", "Job", namespace, indexing.replace, rs["metadata"]["uid"])
 
     extra_conditions: list[Condition] = []
     servicemonitors_served = cluster.servicemonitor_crd_installed()
@@ -326,7 +333,8 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
     replicas = desired_replicas(spec, current_replicas)
     if health is not None and health.observed_generation != generation:
         health = None  # read for another spec: the next read tells
-    conditions = workload_conditions(deployment, replicas, status.get("conditions"), health) + extra_conditions
+    conditions = workload_conditions(deployment, replicas, status.get("conditions"), health,
+                                     indexed=indexing.condition) + extra_conditions
     new_status = {
         "observedGeneration": generation,
         "replicas": dep_status.get("replicas") or 0,
@@ -336,6 +344,8 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
         "configHash": applied["ConfigMap"]["metadata"]["annotations"][ANNOTATION_CONFIG_HASH],
         "conditions": merge_conditions(status.get("conditions"), conditions, now_rfc3339(), generation),
     }
+    if indexing.status is not None:
+        new_status["indexing"] = indexing.status
     _write_status(cluster, rs, new_status)
     metrics.observe_ragservice(namespace, name, available=_available(new_status["conditions"]),
                                desired=replicas, ready=new_status["readyReplicas"])

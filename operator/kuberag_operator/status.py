@@ -60,7 +60,8 @@ def merge_conditions(old: list[dict] | None, new: list[Condition], now: str, gen
 # pod replaced by the ReplicaSet, are not).
 NO_READY_GRACE_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_NO_READY_GRACE_SECONDS", "60"))
 DEPENDENCIES = "DependenciesReady"
-DEPENDENCY_NAMES = {"redis": "Redis sidecar", "index": "index", "limiter_redis": "shared limiter Redis"}
+DEPENDENCY_NAMES = {"redis": "Redis sidecar", "index": "index", "limiter_redis": "shared limiter Redis",
+                    "vector_store": "shared vector store (Weaviate)"}
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -86,8 +87,8 @@ def dependency_condition(health: DependencyHealth | None) -> Condition:
             continue
         for dep, up in sorted(pod.dependencies.items()):
             if not up:
-                reason = {"redis": "RedisDown", "index": "IndexNotReady", "limiter_redis": "LimiterRedisDown"}.get(
-                    dep, "DependencyDown")
+                reason = {"redis": "RedisDown", "index": "IndexNotReady", "limiter_redis": "LimiterRedisDown",
+                          "vector_store": "VectorStoreDown"}.get(dep, "DependencyDown")
                 problems.setdefault(reason, []).append(
                     f'pod {pod.pod}: {DEPENDENCY_NAMES.get(dep, dep)} down (kuberag_dependency_up{{dependency="{dep}"}} 0)')
         if pod.limiter_degraded:
@@ -96,8 +97,8 @@ def dependency_condition(health: DependencyHealth | None) -> Condition:
     if not problems:
         deps = sorted({d for p in health.pods for d in p.dependencies})
         return Condition(DEPENDENCIES, True, "AllUp", f"{len(health.pods)} pod(s): {', '.join(deps)} up")
-    order = ("RedisDown", "LimiterRedisDown", "RateLimiterDegraded", "DependencyDown", "IndexNotReady",
-             "MetricsUnreachable")
+    order = ("VectorStoreDown", "RedisDown", "LimiterRedisDown", "RateLimiterDegraded", "DependencyDown",
+             "IndexNotReady", "MetricsUnreachable")
     reason = min(problems, key=lambda r: order.index(r) if r in order else len(order))
     message = "; ".join(m for r in order if r in problems for m in problems[r])
     if reason == "MetricsUnreachable":
@@ -106,7 +107,8 @@ def dependency_condition(health: DependencyHealth | None) -> Condition:
 
 
 def workload_conditions(deployment: dict | None, desired_replicas: int, previous: list[dict] | None,
-                        health: DependencyHealth | None, now: float | None = None) -> list[Condition]:
+                        health: DependencyHealth | None, now: float | None = None,
+                        indexed: Condition | None = None) -> list[Condition]:
     """Available, Progressing, Degraded and DependenciesReady, with their standard meanings:
 
     - Progressing=True only while a rollout progresses (the Deployment has not yet made every
@@ -114,7 +116,9 @@ def workload_conditions(deployment: dict | None, desired_replicas: int, previous
       a rollout;
     - Degraded=True when the rollout exceeded its deadline, when no pod has been ready for
       NO_READY_GRACE_SECONDS after the service had been available (never while its first pods
-      start and build their index), or when a pod reports a dependency down.
+      start and build their index), or when a pod reports a dependency down;
+    - with a shared store, ``indexed`` (the Indexed condition): building an index is Progressing
+      (never Degraded), a failed indexing Job is Degraded.
     """
     now = time.time() if now is None else now
     dep = deployment or {}
@@ -136,6 +140,9 @@ def workload_conditions(deployment: dict | None, desired_replicas: int, previous
         avail = Condition(AVAILABLE, True, "MinimumReplicasReady", f"{ready}/{desired_replicas} replicas ready")
     elif was_available:
         avail = Condition(AVAILABLE, False, "NoReadyReplicas", f"0/{desired_replicas} replicas ready")
+    elif indexed is not None and indexed.status is not True:
+        avail = Condition(AVAILABLE, False, "WaitingForIndex", "the pods wait for the first index of the shared "
+                                                               f"store ({indexed.reason})")
     elif dependencies.reason == "IndexNotReady":
         avail = Condition(AVAILABLE, False, "IndexBuilding", "the first pods are building their index")
     else:
@@ -146,6 +153,8 @@ def workload_conditions(deployment: dict | None, desired_replicas: int, previous
                 and (desired_replicas == 0 or dep_progressing.get("reason") == "NewReplicaSetAvailable"))
     if deadline_exceeded:
         prog = Condition(PROGRESSING, False, "ProgressDeadlineExceeded", dep_progressing.get("message", ""))
+    elif indexed is not None and indexed.reason == "Indexing":
+        prog = Condition(PROGRESSING, True, "Indexing", indexed.message)
     elif complete:
         prog = Condition(PROGRESSING, False, "RolloutComplete", "all replicas run the current spec")
     else:
@@ -159,19 +168,23 @@ def workload_conditions(deployment: dict | None, desired_replicas: int, previous
           and now - unready_since >= NO_READY_GRACE_SECONDS):
         degraded = Condition(DEGRADED, True, "NoReadyReplicas",
                              f"no pod has been ready for {int(now - unready_since)} s (0/{desired_replicas})")
+    elif indexed is not None and indexed.reason == "IndexingFailed":
+        degraded = Condition(DEGRADED, True, "IndexingFailed", indexed.message)
     elif dependencies.status is False and dependencies.reason != "IndexNotReady":
         degraded = Condition(DEGRADED, True, "DependencyDown", dependencies.message)
     else:
         degraded = Condition(DEGRADED, False, "Reconciled", "all children applied")
-    return [avail, prog, degraded, dependencies]
+    return [avail, prog, degraded, dependencies, *([indexed] if indexed is not None else [])]
 
 
 def failure_conditions(old: list[dict] | None, reason: str, message: str) -> list[Condition]:
     """Degraded=True with the reason; Available/Progressing keep what they were (unknown if never set)."""
     keep = []
     previous = {c.get("type"): c for c in old or []}
-    for ctype in (AVAILABLE, PROGRESSING, DEPENDENCIES):
+    for ctype in (AVAILABLE, PROGRESSING, DEPENDENCIES, "Indexed"):
         before = previous.get(ctype)
+        if before is None and ctype == "Indexed":
+            continue  # only with a shared store
         if before is None:
             keep.append(Condition(ctype, None, "Unknown", "not reconciled yet"))
         else:

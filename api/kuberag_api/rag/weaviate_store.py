@@ -90,6 +90,10 @@ BATCH_SIZE = 200
 SWEEP_GRACE_SECONDS = 30.0
 # After a re-index switches, the old version keeps answering in-flight queries this long.
 SWITCH_GRACE_SECONDS = 15.0
+# Replicas say which index parameters they serve this often; an index of other parameters (a
+# previous embedding model) that no replica has served for RETIRE_AFTER_SECONDS is removed.
+SEEN_EVERY_SECONDS = 60.0
+RETIRE_AFTER_SECONDS = 900.0
 # Incremental reloads re-read document records updated this long before the newest one seen
 # (server clock), so a record committed while a reload ran is never missed.
 RELOAD_OVERLAP_MS = 30_000
@@ -269,6 +273,9 @@ class WeaviateStore:
     def _token_id(collection: str) -> str:
         return _uuid("token", collection)
 
+    def _seen_id(self, params_key: str) -> str:
+        return _uuid("seen", self.service.key, params_key)
+
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
@@ -364,7 +371,7 @@ class WeaviateStore:
         self._create_collection(client, META_COLLECTION, [
             key("kind"), key("service"), key("paramsKey"), key("collection"), opaque("params"), opaque("token"),
             opaque("revision"), opaque("indexedAt"), number("epoch"), number("shard"), number("shards"),
-            number("documents"), number("chunks"),
+            number("documents"), number("chunks"), number("seenAt"),
         ], vector=False)
 
     def _ensure_index(self, collection: str) -> None:
@@ -447,11 +454,15 @@ class WeaviateStore:
 
     def _poll_loop(self) -> None:
         backoff = self.config.poll_seconds
+        next_seen = time.monotonic()
         while not self._stop.is_set():
             try:
                 self.refresh()
                 backoff = self.config.poll_seconds
                 self._run_due_sweeps()
+                if self._view.collection is not None and time.monotonic() >= next_seen:
+                    next_seen = time.monotonic() + SEEN_EVERY_SECONDS
+                    self._housekeeping()
             except Exception as exc:
                 if not self._stop.is_set():
                     level = logging.WARNING if self._failures <= 1 else logging.DEBUG
@@ -853,6 +864,50 @@ class WeaviateStore:
         if left:
             self._schedule_sweep(collection, doc_id)
         return deleted
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _housekeeping(self) -> None:
+        """Say these parameters are served, and retire other parameters' indexes nobody serves."""
+        try:
+            self._put_meta(self._seen_id(self.params_key), {
+                "kind": "seen", "service": self.service.key, "paramsKey": self.params_key,
+                "seenAt": int(time.time() * 1000)})
+            self.retire_unserved_indexes()
+        except (VectorStoreUnavailable, StoreWriteError, httpx.HTTPError) as exc:
+            log.warning("index housekeeping failed; retried later", extra={"error": str(exc)[:300]})
+
+    def retire_unserved_indexes(self, idle_seconds: float = RETIRE_AFTER_SECONDS) -> list[str]:
+        """Drop the indexes of this RagService built for other parameters (a previous embedding
+        model or chunking) that no replica has served for ``idle_seconds``: after a model change
+        the old index serves the old pods until the rollout ends, then goes. Returns what went."""
+        from weaviate.classes.query import Filter
+
+        def pointers(client: Any) -> Any:
+            return client.collections.use(META_COLLECTION).query.fetch_objects(
+                filters=Filter.by_property("kind").equal("pointer") & Filter.by_property("service").equal(self.service.key),
+                limit=100, return_properties=["collection", "paramsKey", "indexedAt"]).objects
+
+        retired = []
+        now = time.time()
+        for obj in self._call(pointers, what="pointer list"):
+            p = obj.properties
+            if p.get("paramsKey") == self.params_key:
+                continue
+            seen = self._get_meta(self._seen_id(p["paramsKey"])) or {}
+            last = (seen.get("seenAt") or 0) / 1000
+            if not last and p.get("indexedAt"):
+                last = datetime.fromisoformat(p["indexedAt"]).timestamp()
+            if now - last < idle_seconds:
+                continue
+            self.drop_index(p["collection"])
+            gone = [str(obj.uuid), self._seen_id(p["paramsKey"])]
+            self._call(lambda c, ids=gone: c.collections.use(META_COLLECTION).data.delete_many(
+                where=Filter.by_id().contains_any(ids)), what="pointer removal")
+            log.info("index of other parameters retired (no replica serves it)",
+                     extra={"collection": p["collection"], "params": p["paramsKey"]})
+            retired.append(p["collection"])
+        return retired
 
     # ------------------------------------------------------------- cache epoch
 

@@ -30,7 +30,7 @@ def test_crd_names_subresources_and_columns():
         "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector"}
     assert "status" in version["subresources"]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Replicas", "Ready", "Endpoint", "Available", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Replicas", "Ready", "Endpoint", "Available", "Indexed", "Age"]
 
 
 def _rules(schema: dict) -> list[str]:
