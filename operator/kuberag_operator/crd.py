@@ -541,7 +541,7 @@ def custom_resource_definition() -> dict:
             # An Indexed Job's pods are named after it: NAME-index-<shard> must be a 63-character label.
             {"rule": "size(self.metadata.name) + 7 + size(string(self.spec.indexing.shards - 1)) <= 63",
              "message": "metadata.name is too long for spec.indexing.shards: the shards' host names "
-                        "NAME-index-<shard> must fit 63 characters"},
+                        "NAME-index-N (N the shard) must fit 63 characters"},
         ],
     )
     return {

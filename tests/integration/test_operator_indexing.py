@@ -263,5 +263,5 @@ def test_names_too_long_for_a_cronjob_or_shard_host_names_are_refused(kube):
     assert "at most 46 characters with spec.corpus.git" in err.value.body
     with pytest.raises(client.ApiException) as err:
         kube.create(ragservice("s" * 55, kube.ns, {"vectorStore": {"url": "http://w:8080"}, "indexing": {"shards": 11}}))
-    assert "NAME-index-<shard>" in err.value.body
+    assert "NAME-index-N (N the shard)" in err.value.body
     kube.create(ragservice("s" * 55, kube.ns, {"vectorStore": {"url": "http://w:8080"}, "indexing": {"shards": 10}}))

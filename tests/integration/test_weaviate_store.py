@@ -284,6 +284,14 @@ def test_a_new_model_builds_a_new_index_and_the_old_keeps_serving(weaviate, serv
         # The upload was re-chunked and re-embedded from its stored sections for the new model.
         assert new.retrieve("Which bird does the uploaded note mention?")[0].source == "uploaded.md"
         assert old.corpus_version != new.corpus_version
+        # Replicas of the old model still say they serve it: its index stays. Once none has for
+        # the retirement period (0 here), a replica of the new model removes it.
+        old._housekeeping()
+        assert new.retire_unserved_indexes(idle_seconds=60) == []
+        old_collection = old.collection
+        assert new.retire_unserved_indexes(idle_seconds=0) == [old_collection]
+        assert not new._call(lambda c: c.collections.exists(old_collection))
+        assert new.ready and new.retrieve("Redis sidecar port")[0].source == "redis.md"
     finally:
         old.close()
         new.close()
