@@ -76,7 +76,7 @@ DOCS_SUFFIX = "_Docs"
 # Fixed namespace of every deterministic id kuberag writes.
 ID_NAMESPACE = uuid.UUID("0b5e6c8e-4a57-5d2f-8a0e-6b7572616701")
 # Weight of the vector search in Weaviate's hybrid (relativeScoreFusion) ranking per embedding
-# model, measured on the evaluation set (python -m bench.weaviate; README "Retrieval engine").
+# model, measured on the evaluation set (python -m bench.weaviate --fusion; README "Retrieval engine").
 # e5: 0.9-1.0 tie on recall@5 (0.867), BM25 only hurts (Spanish questions over English pages), 0.9
 # keeps exact tokens (codes, names) findable. MiniLM: 0.6-1.0 tie (0.879), 0.8 has the best MRR.
 DENSE_WEIGHTS = {"intfloat/multilingual-e5-small": 0.9, "sentence-transformers/all-MiniLM-L6-v2": 0.8}
