@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -42,7 +42,7 @@ from kuberag_api.request_bodies import BodyError, KuberagRequest
 from kuberag_api.schemas import QUESTION_PATTERN, OpenAIErrorBody, problem
 from kuberag_api.services import DocumentService, EngineSlot, IndexNotReady, QueryService, TokenLimitExceeded
 from kuberag_api.settings import Settings
-from kuberag_api.shutdown import GracefulShutdown
+from kuberag_api.shutdown import GracefulShutdown, bounded, stop_tasks
 from kuberag_api.status import ReadinessProbe
 from kuberag_api.token_limit import TokenLimiter
 
@@ -261,16 +261,14 @@ def create_app(
         try:
             yield
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with suppress(asyncio.CancelledError, Exception):
-                    await t
-            await cache.flush_background()
+            # Every step is bounded: a shutdown that waits forever keeps a terminating pod (or a
+            # test's lifespan) hanging until it is killed.
+            await stop_tasks(tasks)
+            await bounded("flushing the L2 writes", cache.flush_background)
             if l2 is not None:
-                await l2.close()
+                await bounded("closing the L2 Redis client", l2.close)
             if shared is not None:
-                await shared.close()
+                await bounded("closing the shared limiter's Redis client", shared.close)
             metrics.stop()
             parser.stop()
             if slot.engine is not None and cfg.providers.vector_store is not None:
