@@ -84,6 +84,21 @@ class ParserProcess:
         self._stopped = False
         self.kills = 0
 
+    @property
+    def pid(self) -> int | None:
+        """The parser process's id while one runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def start(self) -> None:
+        """Start the parser process now instead of at the first parse (no-op when it runs)."""
+        with self._lock:
+            if self._stopped:
+                raise ParserStopped("the server is shutting down")
+            if self._proc is None or not self._proc.is_alive():
+                self._kill()
+                self._start()
+
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         # forkserver: children fork from a clean single-threaded server, not from this process
         # (whose ONNX Runtime and event-loop threads make fork unsafe), and start in milliseconds.

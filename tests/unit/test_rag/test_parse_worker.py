@@ -3,8 +3,11 @@ parse that runs too long is killed, the process replaced; a stop ends the parse 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from kuberag_api.rag import DocumentError, DocumentTooComplex, UnsupportedDocument
@@ -42,14 +45,32 @@ def test_errors_keep_their_kind_across_the_process(parser):
 
 
 def test_a_parse_past_the_time_limit_is_killed_and_the_process_replaced():
-    parser = ParserProcess(ParseLimits(seconds=0.05, max_text_chars=50_000_000))
+    """However fast or loaded the machine: the parser process is frozen (SIGSTOP), so the parse
+    cannot answer within its limit; it is killed, and the next parse runs in a new process, with
+    a limit no machine misses (process start included)."""
+    parser = ParserProcess(ParseLimits(seconds=0.5))
     try:
-        with pytest.raises(DocumentTooComplex, match="longer than 0.05 s"):
-            parser.parse("big.txt", b"word and another " * 1_500_000)
+        parser.start()
+        frozen = parser.pid
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        with pytest.raises(DocumentTooComplex, match="longer than 0.5 s"):
+            parser.parse("stuck.txt", b"never answered")
         assert parser.kills == 1
+        assert not _alive(frozen)
+        parser.limits = replace(parser.limits, seconds=300)
         assert parser.parse("small.txt", b"still parses").text == "still parses"
+        assert parser.pid not in (None, frozen)
     finally:
         parser.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_document_past_the_memory_limit_is_refused():
