@@ -7,6 +7,11 @@ wording, a Spanish translation of each (``set: translation``, committed before a
 measured on them), 17 Spanish originals, and 6 questions about the Spanish pages in each language;
 8 questions the corpus cannot answer (for the relevance floor).
 
+The questions are split in two halves (``split_of``, fixed before the split was first used): a
+*tuning* half on which ranking parameters may be chosen and a *held-out* half on which they are
+only reported. The split is by page (a question goes with the first page it is labelled with), so
+a question and its translation, and all questions about one page, fall in the same half.
+
 ``run()`` returns, per embedding model, recall@5 and MRR (overall, per language, per question set)
 for dense, BM25 and hybrid fusions at several weights, ingestion chunks/s and question-embedding
 latency. ``compare()`` runs several models in one process, side by side. The evaluation indexes
@@ -15,6 +20,7 @@ are kept under ``.bench-cache/`` (the engine's own persistence: unchanged pages 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import tempfile
@@ -39,6 +45,23 @@ K = 5
 
 def load_questions() -> dict:
     return json.loads(QUESTIONS.read_text(encoding="utf-8"))
+
+
+TUNING, HELD_OUT = "tuning", "held-out"
+
+
+def _alternate(keys) -> dict[str, str]:
+    """Keys in the order of their sha256, alternately tuning and held-out (deterministic, balanced,
+    unrelated to any result)."""
+    ordered = sorted(set(keys), key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+    return {k: TUNING if i % 2 == 0 else HELD_OUT for i, k in enumerate(ordered)}
+
+
+def split_of(data: dict) -> tuple[list[str], list[str]]:
+    """The half of every question and of every unanswerable question, in file order."""
+    pages = _alternate(q["relevant"][0] for q in data["questions"])
+    unanswerable = _alternate(data["unanswerable"])
+    return [pages[q["relevant"][0]] for q in data["questions"]], [unanswerable[q] for q in data["unanswerable"]]
 
 
 def corpus_files() -> list[Path]:
