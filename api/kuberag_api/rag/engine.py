@@ -25,7 +25,7 @@ from kuberag_contract.config import Retrieval
 from kuberag_api.rag.bm25 import BM25Index, tokenize
 from kuberag_api.rag.chunking import Chunk
 from kuberag_api.rag.embedding import Embedder, load_default_embedder
-from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, top_indices
+from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, Ranking, top_indices
 from kuberag_api.rag.parsing import ParsedDocument, Section
 from kuberag_api.rag.store import (
     ALGORITHM_VERSION,
@@ -77,9 +77,14 @@ class RagEngine:
         self.data_dir = Path(data_dir)
         self.retrieval = retrieval
         self._embedder = embedder
-        # The model's own fusion weight when it has one (measured per model), else the default.
-        self.dense_weight = dense_weight if dense_weight is not None else getattr(
-            embedder, "dense_weight", DEFAULT_DENSE_WEIGHT)
+        # The model's own ranking when it has one (chosen per model on the evaluation set's
+        # tuning half, bench/ranking_study.py), else linear fusion at the default weight.
+        model_ranking = getattr(embedder, "ranking", None) or Ranking(
+            "linear", getattr(embedder, "dense_weight", DEFAULT_DENSE_WEIGHT))
+        if dense_weight is not None:
+            model_ranking = Ranking(model_ranking.fusion, dense_weight)  # one weight for every language
+        self.ranking = model_ranking
+        self.dense_weight = model_ranking.dense_weight
         self._write_lock = threading.RLock()
         self._ready = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +218,9 @@ class RagEngine:
             "embedder": self._embedder.name,
             "algorithm": ALGORITHM_VERSION,
         }
+        if self.ranking != Ranking("linear", self.dense_weight):
+            # Not part of the index (no re-embedding), but cached answers were ranked another way.
+            payload["ranking"] = self.ranking.describe()
         return fingerprint(payload)
 
     # ---------------------------------------------------------------- reading
@@ -230,7 +238,7 @@ class RagEngine:
             raise ValueError(f"query vector has dimension {query_vector.shape[0]}, the index {snap.vectors.shape[1]}")
         dense = snap.vectors @ query_vector
         lexical = snap.bm25.scores(question)
-        fused = linear_fusion(dense, lexical, self.dense_weight)
+        fused = self.ranking.fuse(question, dense, lexical)
         floor = getattr(self._embedder, "relevance_floor", None)
         passages = []
         for i in top_indices(fused, k):
@@ -377,6 +385,13 @@ class RagEngine:
             finally:
                 self._flush()
         return results
+
+    def ranked_sources(self, question: str, dense: np.ndarray, lexical: np.ndarray, depth: int) -> list[str]:
+        """Distinct sources in the order ``retrieve`` ranks their chunks, from ``score_all``'s
+        scores (for evaluation: the benchmark scores exactly the shipped ranking)."""
+        snap = self._snap
+        fused = self.ranking.fuse(question, dense, lexical)
+        return list(dict.fromkeys(snap.rows[i].source for i in top_indices(fused, fused.size)))[:depth]
 
     def score_all(self, question: str, query_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Dense and BM25 scores of every chunk with each chunk's source (for evaluation)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # Weight of the dense score in the linear fusion; 1.0 is dense only, 0.0 BM25 only.
@@ -36,3 +38,31 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How chunks are ranked for a question: the fusion of dense and BM25 scores, with the dense
+    weight chosen per question language (``rag.language.language_of``) when a model has one."""
+
+    fusion: str = "linear"  # "linear" or "rrf"
+    dense_weight: float = DEFAULT_DENSE_WEIGHT  # for languages not in language_weights
+    language_weights: tuple[tuple[str, float], ...] = ()
+
+    def weight_for(self, question: str) -> float:
+        if not self.language_weights:
+            return self.dense_weight
+        from kuberag_api.rag.language import language_of
+
+        return dict(self.language_weights).get(language_of(question), self.dense_weight)
+
+    def fuse(self, question: str, dense: np.ndarray, bm25: np.ndarray) -> np.ndarray:
+        weight = self.weight_for(question)
+        if self.fusion == "rrf":
+            return rrf_fusion(dense, bm25, weight)
+        return linear_fusion(dense, bm25, weight)
+
+    def describe(self) -> dict:
+        return {"fusion": self.fusion, "dense_weight": self.dense_weight,
+                "language_weights": dict(self.language_weights)}

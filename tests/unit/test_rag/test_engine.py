@@ -50,6 +50,25 @@ def test_ingest_then_retrieve_with_metadata(engine):
     assert engine.document_count == 3 and engine.chunk_count == 4
 
 
+
+def test_retrieve_uses_the_model_ranking_for_the_question_language(engine):
+    """The default model's dense weight depends on the question's language (chosen per language on
+    the evaluation set's tuning half); ``ranked_sources`` (what the benchmark scores) agrees with
+    ``retrieve``."""
+    ranking = engine.embedder.ranking
+    assert engine.ranking == ranking and len(dict(ranking.language_weights)) == 2
+    engine.ingest("caching.md", CACHING)
+    engine.ingest("limits.md", LIMITS)
+    engine.ingest("operator.html", OPERATOR)
+    for question in ("How are cached answers invalidated?", "¿Qué responde la API cuando el cubo está vacío?"):
+        passages = engine.retrieve(question, top_k=4)
+        dense, lexical, _ = engine.score_all(question)
+        expected = ranking.fuse(question, dense, lexical)
+        assert [p.score for p in passages] == pytest.approx(sorted(expected.tolist(), reverse=True)[:4])
+        sources = list(dict.fromkeys(p.source for p in passages))
+        assert sources == engine.ranked_sources(question, dense, lexical, len(sources))
+
+
 def test_a_given_query_vector_is_used_instead_of_embedding_the_question(engine, embedder):
     engine.ingest("caching.md", CACHING)
     engine.ingest("limits.md", LIMITS)

@@ -1,6 +1,12 @@
 import numpy as np
 import pytest
-from kuberag_api.rag.fusion import DEFAULT_DENSE_WEIGHT, linear_fusion, rrf_fusion, top_indices
+from kuberag_api.rag.fusion import (
+    DEFAULT_DENSE_WEIGHT,
+    Ranking,
+    linear_fusion,
+    rrf_fusion,
+    top_indices,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +38,12 @@ def test_rrf_ignores_chunks_without_lexical_match():
 def test_top_indices_handles_k_larger_than_n_and_zero():
     assert top_indices(np.array([1.0, 3.0, 2.0]), 10).tolist() == [1, 2, 0]
     assert top_indices(np.array([1.0]), 0).tolist() == []
+
+
+
+def test_ranking_fuses_with_the_weight_of_the_question_language():
+    ranking = Ranking("linear", 0.5, (("en", 1.0), ("es", 0.0)))
+    assert ranking.weight_for("How do I read a file?") == 1.0 and ranking.weight_for("¿Cómo leo un archivo?") == 0.0
+    np.testing.assert_allclose(ranking.fuse("¿Cómo leo un archivo?", DENSE, BM25), linear_fusion(DENSE, BM25, 0.0))
+    np.testing.assert_allclose(Ranking("rrf", 0.7).fuse("anything", DENSE, BM25), rrf_fusion(DENSE, BM25, 0.7))
+    assert Ranking("linear", 0.8).weight_for("¿Qué?") == 0.8
