@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedding speed, the models alternating, {args.speed_runs} rounds")
         results["embedding_speed"] = retrieval.speed(runs=1 if args.quick else args.speed_runs)
         for model, r in results["embedding_speed"]["models"].items():
-            print(f"  {model}: question embed p50 {r['query_embed_ms_p50']} ms, ingestion {r['chunks_per_s']} chunks/s "
+            print(f"  {model}: question embed p50 {r['query_embed_ms_p50']} ms ({r['query_embed_cpu_ms']} CPU-ms), "
+                  f"ingestion {r['chunks_per_s']} chunks/s ({r['chunks_per_cpu_s']} per CPU-second) "
                   f"(medians of {results['embedding_speed']['runs']} rounds)")
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = RESULTS / "bench.json"

@@ -43,7 +43,7 @@ from kuberag_api.rag.fusion import linear_fusion, rrf_fusion
 from kuberag_api.rag.language import LANGUAGES, REFERENCE, language_of
 from kuberag_api.rag.store import embedding_text
 
-from bench.retrieval import CACHE, HELD_OUT, K, TUNING, load_questions, open_eval_index, split_of
+from bench.retrieval import CACHE, HELD_OUT, TUNING, K, load_questions, open_eval_index, split_of
 
 WEIGHTS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 1.0)
 
