@@ -14,6 +14,7 @@ depend on the batch it is embedded with, so the float model is the default.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -360,6 +361,29 @@ def quantize_int8(model) -> bytes:
         return out.read_bytes()
 
 
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's CPU limit).
+    ``os.cpu_count()`` counts the node's cores, so a 1-CPU pod on a 16-core node would run 4 ORT
+    threads into throttling; the standard library reads no quota, so read it here (v2, then v1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:
+        limit, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:
+            limit = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            if limit > 0 and period > 0:
+                quota = limit / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
 def _release_freed_memory() -> None:
     # Building the graph churns through several copies of the weights; glibc keeps the freed
     # arenas mapped unless asked, which would leave the pod ~300 MB larger than it needs to be.
@@ -379,7 +403,7 @@ def ort_session(model, threads: int | None = None):
     del model  # the weights; ORT makes its own copy from the payload
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or min(4, usable_cpus())
     options.inter_op_num_threads = 1
     # Idle ORT threads otherwise spin for a while after each run, stealing the cores the
     # event loop needs to serve cache hits.

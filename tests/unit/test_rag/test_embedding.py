@@ -76,3 +76,23 @@ def test_the_multilingual_default_needs_its_own_semantic_cache_threshold():
     enable = e5.embed_query("How do I enable the semantic cache?")
     assert float(enable @ e5.embed_query("How do I disable the semantic cache?")) < e5.l3_threshold
     assert float(enable @ e5.embed_query("How can I enable the semantic cache?")) >= e5.l3_threshold
+
+
+def test_usable_cpus_follow_the_cgroup_quota_not_the_node(tmp_path):
+    """A pod's CPU limit caps the embedding threads (os.cpu_count() counts the node's cores)."""
+    from kuberag_api.rag.embedding import usable_cpus
+
+    affinity = usable_cpus(tmp_path / "none")  # no cgroup files: the affinity alone
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(v2) == 1
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(v2) == affinity
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(tmp_path / "v1") == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(tmp_path / "v1") == affinity
