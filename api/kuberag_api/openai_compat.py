@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import msgspec
+from kuberag_contract.config import build_decoding_info
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
@@ -302,3 +303,6 @@ def openai_error(status: int, message: str, extra: Any) -> OpenAIErrorBody:
     kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
             404: "invalid_request_error", 429: "rate_limit_error"}.get(status, "api_error")
     return OpenAIErrorBody(message, kind, extra.get("param"), extra.get("code"))
+
+
+build_decoding_info(globals())  # before any thread decodes one (see the function's docstring)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from kuberag_contract.config import build_decoding_info
 
 from kuberag_api.cache.entry import CachedSource
 from kuberag_api.rag.types import DocumentInfo
@@ -173,3 +174,6 @@ def problem(status: int, title: str, detail: str, request_id: str | None, **extr
 
 def encode_problem(p: Problem) -> bytes:
     return _problem_encoder.encode(p)
+
+
+build_decoding_info(globals())  # before any thread decodes one (see the function's docstring)
