@@ -19,6 +19,8 @@ from tests.fixtures.realnode import REPO, RealNode
 OPERATOR_NAMESPACE = "kuberag-system"
 OPERATOR_LEASE = "kuberag-operator"
 SAMPLE = REPO / "manifests" / "samples" / "kuberag.io_v1alpha1_ragservice.yaml"
+# Of the ServiceMonitors (the operator's and the RagService's): short, so the monitoring test waits seconds.
+SCRAPE_INTERVAL = "2s"
 CORPUS = REPO / "api" / "kuberag_api" / "data" / "sample_corpus"
 # Client pods run like the operator's: non-root, read-only root, no capabilities.
 RESTRICTED_SECURITY = {
@@ -94,7 +96,11 @@ def install_operator(plane: ControlPlane, node: RealNode, workdir: Path, helm_te
             [str(helm), "install", "kuberag", str(chart), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
              "--kubeconfig", str(plane.kubeconfig), "--set", f"image.repository={image['name']}",
              "--set", f"image.tag={image['tag']}", "--set", "operator.replicas=2",
-             "--set", f"helmTest.ragService.namespace={helm_test_namespace}", "--wait", "--timeout", "5m"],
+             "--set", f"helmTest.ragService.namespace={helm_test_namespace}",
+             # The operator's ServiceMonitor and the alert rules, for the monitoring test's Prometheus.
+             "--set", "serviceMonitor.enabled=true", "--set", f"serviceMonitor.interval={SCRAPE_INTERVAL}",
+             "--set", f"serviceMonitor.scrapeTimeout={SCRAPE_INTERVAL}", "--set", "prometheusRule.enabled=true",
+             "--wait", "--timeout", "5m"],
             check=True, capture_output=True, text=True, timeout=360,
         )
         how = "helm"

@@ -11,12 +11,15 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.cluster import (
     OPERATOR_NAMESPACE,
     QUERY_CLIENT,
+    SCRAPE_INTERVAL,
     LoadClient,
     api_pods,
     condition,
@@ -34,9 +37,11 @@ from tests.e2e.cluster import (
     run_client,
     wait_available,
 )
+from tests.e2e.kind import KIND_CLUSTER
+from tests.e2e.monitoring import cluster_prometheus
 from tests.fixtures.controlplane import ControlPlane
 from tests.fixtures.operator_process import wait_for
-from tests.fixtures.realnode import CONFIGMAP_PROPAGATION_BOUND_SECONDS, RealNode
+from tests.fixtures.realnode import CONFIGMAP_PROPAGATION_BOUND_SECONDS, REPO, RealNode
 
 NAME = "docs-qa"
 QUESTION = "How does kuberag rate limit clients?"
@@ -62,7 +67,8 @@ def operator(docs_qa_namespace: str, real_node: RealNode, control_plane: Control
 @pytest.fixture(scope="module")
 def docs_qa(operator: str, docs_qa_namespace: str, real_node: RealNode, control_plane: ControlPlane) -> str:
     namespace = docs_qa_namespace
-    create_ragservice(control_plane, real_node, namespace, NAME, replicas=2, spec={"rateLimit": ROOMY_LIMIT})
+    create_ragservice(control_plane, real_node, namespace, NAME, replicas=2, spec={
+        "rateLimit": ROOMY_LIMIT, "monitoring": {"serviceMonitor": {"enabled": True, "interval": SCRAPE_INTERVAL}}})
     start = time.monotonic()
     wait_available(control_plane, real_node, namespace, NAME, 2)
     print(f"\nRagService {namespace}/{NAME}: 2 pods Ready and Available {time.monotonic() - start:.1f}s after apply")
@@ -112,6 +118,150 @@ def test_client_pod_asks_by_dns_name_and_second_call_hits_the_cache(
     results = run_client(control_plane, real_node, docs_qa, QUERY_CLIENT, url, "carol", *[QUESTION] * 6)
     assert all(r["status"] == 200 for r in results)
     assert sum(r["body"]["cache_hit"] for r in results) >= 4, [r["body"]["cache_hit"] for r in results]
+
+
+# Every panel of the RagService overview, and of the operator dashboard, with its variables.
+DASHBOARDS = REPO / "dashboards"
+# $__rate_interval: longer than the Prometheus below has run, so each rate spans all its samples.
+RATE_WINDOW = "10m"
+# Panels the load here cannot fill: no LLM (extractive answers), no error, no Redis error, no drift,
+# no shared limiter, nothing not Available, no refused request yet (the rate-limit test comes later).
+MAY_BE_EMPTY = {"LLM tokens", "LLM estimated cost", "LLM fallbacks and retries", "Errors by kind",
+                "Cache backend errors", "Shared limiter fallback", "Drift corrections by kind",
+                "RagServices not Available", "Rate-limited requests by scope", "Config reloads"}
+CORE_PANELS = {"Requests/s", "Request rate by status", "POST /query latency", "p99 /query", "Cache hit ratio",
+               "Cache hit ratio by level", "Cache hits and misses", "Dependency health", "Replicas: ready vs desired",
+               "Ready / desired replicas", "Available", "Corpus", "Stage timings (p95)", "Leaders", "Managed RagServices",
+               "Ready vs desired replicas"}
+
+
+def _panel_queries(board_file: str) -> list[tuple[str, str, str]]:
+    board = json.loads((DASHBOARDS / board_file).read_text())
+    return [(p["title"], t.get("legendFormat", ""), t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
+
+
+def _substitute(expr: str, variables: dict[str, str]) -> str:
+    for name in sorted(variables, key=len, reverse=True):
+        expr = expr.replace(f"${name}", variables[name])
+    assert "$" not in expr, f"unsubstituted variable in {expr}"
+    return expr
+
+
+@pytest.mark.skipif(bool(KIND_CLUSTER), reason="Prometheus runs on this host and scrapes pod IPs through the node's "
+                    "CNI bridge: kind's pod network is not routed to the Docker host")
+def test_prometheus_scrapes_the_pods_the_servicemonitors_select_and_the_dashboards_have_data(
+    operator: str, docs_qa: str, real_node: RealNode, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    ns = docs_qa
+    # The operator's ServiceMonitor selects the metrics Service, and only it, by its labels and port name.
+    sm = kubectl_json(control_plane, "get", "servicemonitor", NAME, "-n", ns)
+    selector = sm["spec"]["selector"]["matchLabels"]
+    services = kubectl_json(control_plane, "get", "services", "-n", ns)["items"]
+    selected = [s for s in services if selector.items() <= s["metadata"].get("labels", {}).items()]
+    assert [s["metadata"]["name"] for s in selected] == [f"{NAME}-metrics"], selector
+    [endpoint] = sm["spec"]["endpoints"]
+    assert [(p["name"], p["port"]) for p in selected[0]["spec"]["ports"]] == [(endpoint["port"], 9090)]
+    # ... whose Endpoints list the real API pods by their pod IPs.
+    pods = api_pods(control_plane, ns, NAME)
+    endpoints = kubectl_json(control_plane, "get", "endpoints", f"{NAME}-metrics", "-n", ns)
+    listed = {(a["ip"], a["targetRef"]["name"]) for subset in endpoints["subsets"] for a in subset.get("addresses", [])}
+    assert listed == {(p["status"]["podIP"], p["metadata"]["name"]) for p in pods}
+    assert all(port["name"] == endpoint["port"] and port["port"] == 9090
+               for subset in endpoints["subsets"] for port in subset["ports"])
+    # The chart's ServiceMonitor for the operator and its PrometheusRule.
+    assert operator == "helm", "the operator's ServiceMonitor and PrometheusRule come with the chart"
+    operator_sm = kubectl_json(control_plane, "get", "servicemonitor", "-n", OPERATOR_NAMESPACE)["items"]
+    [rule] = kubectl_json(control_plane, "get", "prometheusrule", "-n", OPERATOR_NAMESPACE)["items"]
+    rules_file = tmp_path / "kuberag.rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+
+    prom = cluster_prometheus(control_plane, tmp_path, [sm, *operator_sm], [rules_file])
+    try:
+        pod_labels = {f"{p['status']['podIP']}:9090": p["metadata"]["name"] for p in pods}
+
+        def api_targets_up() -> list[dict] | None:
+            active = prom.api("targets", state="active")["activeTargets"]
+            mine = [t for t in active if t["labels"].get("service") == f"{NAME}-metrics"]
+            return mine if len(mine) == len(pods) and all(t["health"] == "up" for t in mine) else None
+
+        targets = wait_for(api_targets_up, timeout=120, what="Prometheus scraping both API pods", interval=1,
+                           diagnose=lambda: json.dumps(prom.api("targets"), indent=1)[-4000:] + prom.log_tail())
+        # Discovered from the Endpoints: the pod IPs, labelled as the ServiceMonitor's relabelling says.
+        assert {t["discoveredLabels"]["__address__"]: t["labels"]["pod"] for t in targets} == pod_labels
+        for t in targets:
+            assert t["scrapeUrl"] == f"http://{t['discoveredLabels']['__address__']}/metrics"
+            assert {k: t["labels"][k] for k in ("namespace", "ragservice", "container", "endpoint", "job")} == {
+                "namespace": ns, "ragservice": NAME, "container": "api", "endpoint": "metrics", "job": f"{NAME}-metrics"}
+        operator_ips = {f"{p['status']['podIP']}:8080" for p in operator_pods(control_plane)}
+        prom.wait_for('count(up{job="kuberag-operator", namespace="kuberag-system"} == 1)',
+                      lambda v: v == len(operator_ips), timeout=120, what="both operator pods scraped")
+        scraped = {t["discoveredLabels"]["__address__"] for t in prom.api("targets", state="active")["activeTargets"]
+                   if t["labels"].get("job") == "kuberag-operator"}
+        assert scraped == operator_ips
+
+        # The counters before the load, once each pod has been scraped a few times.
+        sel = f'namespace="{ns}", ragservice="{NAME}"'
+        prom.wait_for(f'min(count_over_time(up{{{sel}}}[{RATE_WINDOW}]))', lambda v: (v or 0) >= 3, timeout=60,
+                      what="three scrapes of each API pod")
+        counters = {"queries": f'sum(kuberag_http_requests_total{{{sel}, route="/query"}})',
+                    "hits": f"sum(kuberag_cache_hits_total{{{sel}}})", "misses": f"sum(kuberag_cache_misses_total{{{sel}}})"}
+        before = {k: prom.value(q) or 0.0 for k, q in counters.items()}
+        # The load: questions never asked before, each three times through the Service (by DNS name).
+        questions = ["Which labels does the ServiceMonitor add?", "Where are the dashboards generated from?",
+                     "What does the Redis sidecar cache?"]
+        results = run_client(control_plane, real_node, ns, QUERY_CLIENT, endpoint(control_plane, ns) + "/query",
+                             "mallory", *[q for q in questions for _ in range(3)])
+        assert [r["status"] for r in results] == [200] * 9, results
+        hits = sum(r["body"]["cache_hit"] for r in results)
+        prom.wait_for(counters["queries"], lambda v: v == before["queries"] + len(results), timeout=60,
+                      what="every query of the load scraped from the pods")
+        # Hits and misses as the responses said (each pod counts its own; the sums are exact).
+        after = {k: prom.value(q) for k, q in counters.items()}
+        assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (hits, len(results) - hits)
+        time.sleep(3)  # the rules evaluated on the last scrape too
+
+        variables = {"namespace": ns, "ragservice": NAME, "__rate_interval": RATE_WINDOW, "job": "kuberag-operator"}
+        empty, values = [], {}
+        for board_file in ("ragservice-overview.json", "operator.json"):
+            for title, legend, expr in _panel_queries(board_file):
+                result = prom.query(_substitute(expr, variables))  # raises with Prometheus's error
+                values[(title, legend)] = result
+                if not result:
+                    empty.append(title)
+        assert not set(empty) & CORE_PANELS, f"core panels without data from the real pods: {sorted(set(empty))}"
+        assert set(empty) <= MAY_BE_EMPTY, sorted(set(empty))
+
+        def value(title: str, legend: str) -> float:
+            [sample] = values[(title, legend)]
+            return float(sample["value"][1])
+
+        def by(title: str, legend: str, label: str) -> dict[str, float]:
+            return {r["metric"].get(label, ""): float(r["value"][1]) for r in values[(title, legend)]}
+
+        # Request rate, latency quantiles, hit ratio, Redis health, replicas: from the two real pods.
+        assert by("Request rate by status", "{{status}}", "status")["200"] > 0
+        latency = {q: value("POST /query latency", q) for q in ("p50", "p95", "p99")}
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= 30, latency
+        # (rate() extrapolates each pod's series a little differently: close, not exact.)
+        assert value("Cache hit ratio", "Cache hit ratio") == pytest.approx(hits / len(results), abs=0.05)
+        assert value("Dependency health", "redis sidecar (L2)") == 1
+        assert by("Dependency health", "{{dependency}}", "dependency")["redis"] == 1
+        assert value("Replicas: ready vs desired", "ready") == 2 and value("Replicas: ready vs desired", "desired") == 2
+        assert value("Replicas: ready vs desired", "pods scraped") == 2
+        assert value("Ready / desired replicas", "Ready / desired replicas") == 1
+        assert value("Available", "Available") == 1
+        # One leader between the two operator pods.
+        assert value("Leaders", "Leaders") == 1
+
+        # The chart's rules load and evaluate on the real series.
+        rules = prom.rules()
+        assert rules and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules
+                                                                    if r["health"] != "ok"]
+        recorded = [r["name"] for r in rules if r["type"] == "recording"]
+        assert recorded and not [name for name in recorded if not prom.query(f"{name}{{{sel}}}")], \
+            "recording rules without data for the loaded RagService"
+    finally:
+        prom.stop()
 
 
 # Each API pod limits each client (here: the client pod's IP) on its own. PROBE_LIMIT polls every
