@@ -159,14 +159,14 @@ def test_prometheus_scrapes_the_pods_the_servicemonitors_select_and_the_dashboar
     services = kubectl_json(control_plane, "get", "services", "-n", ns)["items"]
     selected = [s for s in services if selector.items() <= s["metadata"].get("labels", {}).items()]
     assert [s["metadata"]["name"] for s in selected] == [f"{NAME}-metrics"], selector
-    [endpoint] = sm["spec"]["endpoints"]
-    assert [(p["name"], p["port"]) for p in selected[0]["spec"]["ports"]] == [(endpoint["port"], 9090)]
+    [sm_endpoint] = sm["spec"]["endpoints"]
+    assert [(p["name"], p["port"]) for p in selected[0]["spec"]["ports"]] == [(sm_endpoint["port"], 9090)]
     # ... whose Endpoints list the real API pods by their pod IPs.
     pods = api_pods(control_plane, ns, NAME)
     endpoints = kubectl_json(control_plane, "get", "endpoints", f"{NAME}-metrics", "-n", ns)
     listed = {(a["ip"], a["targetRef"]["name"]) for subset in endpoints["subsets"] for a in subset.get("addresses", [])}
     assert listed == {(p["status"]["podIP"], p["metadata"]["name"]) for p in pods}
-    assert all(port["name"] == endpoint["port"] and port["port"] == 9090
+    assert all(port["name"] == sm_endpoint["port"] and port["port"] == 9090
                for subset in endpoints["subsets"] for port in subset["ports"])
     # The chart's ServiceMonitor for the operator and its PrometheusRule.
     assert operator == "helm", "the operator's ServiceMonitor and PrometheusRule come with the chart"
@@ -180,7 +180,7 @@ def test_prometheus_scrapes_the_pods_the_servicemonitors_select_and_the_dashboar
         pod_labels = {f"{p['status']['podIP']}:9090": p["metadata"]["name"] for p in pods}
 
         def api_targets_up() -> list[dict] | None:
-            active = prom.api("targets", state="active")["activeTargets"]
+            active = prom.api("targets")["activeTargets"]
             mine = [t for t in active if t["labels"].get("service") == f"{NAME}-metrics"]
             return mine if len(mine) == len(pods) and all(t["health"] == "up" for t in mine) else None
 
@@ -195,7 +195,7 @@ def test_prometheus_scrapes_the_pods_the_servicemonitors_select_and_the_dashboar
         operator_ips = {f"{p['status']['podIP']}:8080" for p in operator_pods(control_plane)}
         prom.wait_for('count(up{job="kuberag-operator", namespace="kuberag-system"} == 1)',
                       lambda v: v == len(operator_ips), timeout=120, what="both operator pods scraped")
-        scraped = {t["discoveredLabels"]["__address__"] for t in prom.api("targets", state="active")["activeTargets"]
+        scraped = {t["discoveredLabels"]["__address__"] for t in prom.api("targets")["activeTargets"]
                    if t["labels"].get("job") == "kuberag-operator"}
         assert scraped == operator_ips
 
