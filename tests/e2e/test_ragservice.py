@@ -175,6 +175,16 @@ def test_prometheus_scrapes_the_pods_the_servicemonitors_select_and_the_dashboar
     rules_file = tmp_path / "kuberag.rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
 
+    # A pod's labelled series (a route's requests, a cache level's hits) appear at its first such
+    # request: a miss and an L1 hit on each pod now, before Prometheus starts, so every series the
+    # load below increases already exists and rate() over the window sees all of the load (a series
+    # born during the load would start at its count so far).
+    warmup = "What does a warm-up question do?"
+    for pod in pods:
+        answers = run_client(control_plane, real_node, ns, QUERY_CLIENT, f"http://{pod['status']['podIP']}:8000/query",
+                             "warmup", warmup, warmup)
+        assert [(r["status"], r["body"]["cache_hit"]) for r in answers] == [(200, False), (200, True)], answers
+
     prom = cluster_prometheus(control_plane, tmp_path, [sm, *operator_sm], [rules_file])
     try:
         pod_labels = {f"{p['status']['podIP']}:9090": p["metadata"]["name"] for p in pods}
