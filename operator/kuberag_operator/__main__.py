@@ -50,14 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _quiet_child_events(record: logging.LogRecord) -> bool:
-    """Drop kopf's per-event success line for owned children (one per Deployment status change)."""
-    return not (record.levelno <= logging.INFO and "'on_child_event' succeeded" in record.getMessage())
+def _quiet_events(record: logging.LogRecord) -> bool:
+    """Drop kopf's per-event success line (one per watch event: every Deployment status change)."""
+    return not (record.levelno <= logging.INFO and record.getMessage().endswith("_event' succeeded."))
 
 
 def run_operator(args: argparse.Namespace, stop: threading.Event | None = None) -> None:
     """Run kopf until it stops, or until ``stop`` is set (in this thread, with its own event loop)."""
-    assert handlers.reconcile_ragservice  # the handlers register on import
+    assert handlers.on_ragservice_event  # the handlers register on import
 
     async def run() -> None:
         # kopf accepts a threading.Event as stop_flag, but waits on it in the loop's default executor:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         # The election logs every renewal at INFO; kopf every child event: keep what matters.
         logging.getLogger("leaderelection").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-        logging.getLogger("kopf.objects").addFilter(_quiet_child_events)
+        logging.getLogger("kopf.objects").addFilter(_quiet_events)
     try:
         load_kube_config()
     except Exception as exc:  # config errors come in several types; the message is what matters

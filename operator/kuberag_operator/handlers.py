@@ -1,41 +1,66 @@
-"""kopf wiring: every trigger calls the one ``reconcile()``.
+"""kopf wiring: kopf reports events, a work queue of RagService keys decides what runs when.
 
-- create / update (of spec) / resume of a RagService: a full reconcile (every child applied),
-  with backoff on errors;
-- any event of an owned child (found by the operator's managed-by label, mapped to its
-  controller owner or, if another controller took it, to its instance label): the object is kept
-  in ``Cluster.observed`` and the owner gets a light reconcile (only what differs is applied), so
-  a deleted or hand-edited child comes back within seconds and status follows the pods;
-- a timer per RagService reads its pods' metrics port (DependenciesReady) and refreshes status;
-  a slow one is the safety net.
+- RagServices are watched with ``@kopf.on.event`` and kept in ``Cluster.ragservices``. No
+  finalizer: the children's owner references already garbage-collect them, so deleting a
+  RagService never waits for an operator (it is gone at once even after the operator is
+  uninstalled), and kopf writes nothing into the object (kopf's create/update/resume handlers,
+  timers and daemons would add a finalizer and progress/diff-base annotations: more writes, each
+  echoed back by the watch). A new RagService or spec generation is queued ``URGENT``; every
+  RagService listed at start (a restart, a new leader) is resumed ``ROUTINE``, behind new work.
+- Any event of an owned child (found by the operator's managed-by label, mapped to its
+  controller owner or, if another controller took it, to its instance label) is kept in
+  ``Cluster.observed``; a change of the object queues its RagService at once (drift comes back
+  within a second), a change of the status it follows after ``STATUS_DELAY_SECONDS`` (a
+  rollout's status churn coalesces into a few status writes).
+- One thread reads every RagService's pods' metrics ports (DependenciesReady) every
+  ``KUBERAG_OPERATOR_POD_HEALTH_SECONDS`` with one pod list for all of them, and queues a full
+  pass of every RagService every ``RESYNC_SECONDS`` (the safety net).
+- ``KUBERAG_OPERATOR_WORKERS`` threads run the passes (workqueue.py: one pass per RagService at a
+  time, triggers coalesce, retries back off 5 s, 10 s, 20 s ... 2 min).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import copy
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 import kopf
-from kuberag_contract import GROUP, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from kuberag_contract import (
+    APP_NAME,
+    GROUP,
+    KIND,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    PLURAL,
+    VERSION,
+)
+from kubernetes import client
 
 from kuberag_operator import metrics
-from kuberag_operator.children import selector_string
-from kuberag_operator.health import DependencyHealth, pods_health
-from kuberag_operator.kube import Cluster, load_kube_config
-from kuberag_operator.reconcile import KeyedSerializer, Outcome, ReconcileFailed, merge_outcomes, reconcile
+from kuberag_operator.health import DependencyHealth, health_of_each
+from kuberag_operator.kube import OBJECT, Cluster, ObservedRagServices, load_kube_config
+from kuberag_operator.reconcile import Outcome, ReconcileFailed, reconcile
 from kuberag_operator.status import dependency_condition
+from kuberag_operator.workqueue import ROUTINE, URGENT, WorkQueue
 
 logger = logging.getLogger(__name__)
 
-TIMER_INTERVAL_SECONDS = 300.0
-# How often each RagService's pods are asked for their dependency state (DependenciesReady);
-# read at import because kopf fixes a timer's interval when the handler is registered.
+RESYNC_SECONDS = 300.0
+# How often the pods are asked for their dependency state (DependenciesReady).
 HEALTH_INTERVAL_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_POD_HEALTH_SECONDS", "30"))
+# Passes run concurrently: each mostly waits on the API server.
+WORKERS = int(os.environ.get("KUBERAG_OPERATOR_WORKERS", "8"))
+STATUS_DELAY_SECONDS = 1.0
+# What operator versions that used kopf's change handlers and timers left on every RagService:
+# removed when seen, so those RagServices can be deleted without an operator too.
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+POD_SELECTOR = f"{LABEL_NAME}={APP_NAME},{LABEL_MANAGED_BY}={MANAGED_BY}"
 # Owned kinds watched for drift: (group, version, plural).
 WATCHED_CHILDREN = (
     ("apps", "v1", "deployments"),
@@ -45,135 +70,122 @@ WATCHED_CHILDREN = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
     # Watched when its CRD exists at operator start: with CRD scanning off, kopf resolves the
-    # resources it serves once (a CRD installed later is covered by the reconcile timer).
+    # resources it serves once (a CRD installed later is covered by the resync).
     ("monitoring.coreos.com", "v1", "servicemonitors"),
     # The indexing Job (its progress goes to status) and a Git source's CronJob.
     ("batch", "v1", "jobs"),
     ("batch", "v1", "cronjobs"),
 )
-# What kopf itself needs beyond the watches above (see manifests/rbac/role.yaml).
+# What kopf itself needs (see manifests/rbac/role.yaml): its watches and the Events it posts.
 KOPF_PERMISSIONS = frozenset(
     {(g, p, v) for g, _, p in WATCHED_CHILDREN for v in ("list", "watch")}
-    | {(GROUP, PLURAL, v) for v in ("list", "watch", "patch")}  # patch: kopf's progress annotations
+    | {(GROUP, PLURAL, v) for v in ("list", "watch")}
     | {("", "events", "create")}
 )
 
+Key = tuple[str, str]
+
 _cluster: Cluster | None = None
 _cluster_lock = threading.Lock()
-_serializer = KeyedSerializer()
-_managed: set[tuple[str, str]] = set()
-_health: dict[tuple[str, str], DependencyHealth] = {}  # the last read of each RagService's pods
-_health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-health")
+_queue = WorkQueue()
+_state_lock = threading.Lock()
+_full: set[Key] = set()  # keys whose next pass is a full one (resume, resync, retry)
+_failures: dict[Key, int] = {}  # consecutive failed passes (the retry backoff)
+_refused: dict[Key, int | None] = {}  # generation whose spec failed for good (waits for a new one)
+_health: dict[Key, DependencyHealth] = {}  # the last read of each RagService's pods
+_kopf_context: contextvars.Context | None = None  # kopf's, for posting Events from the workers
+_stop = threading.Event()
+_threads: list[threading.Thread] = []
 
 
 def cluster() -> Cluster:
     global _cluster
-    with _cluster_lock:  # handlers run in several worker threads
+    with _cluster_lock:
         if _cluster is None:
             load_kube_config()
-            _cluster = Cluster()
+            _cluster = Cluster(pool_size=WORKERS + 4)  # + the ticker's and kopf-side reads
     return _cluster
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: object) -> None:
-    # Progress in annotations under our own prefix: status is a strict schema kopf must not write to.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration")
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.INFO  # the Created/Updated/DriftCorrected Events are INFO
     # Strict mode: no namespace/CRD scanning, so no cluster-wide list/watch of those (least privilege).
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
-    # Reconciles wait on the API server most of the time: more threads, more in flight.
-    settings.execution.max_workers = 16
+    # kopf's discovery, listings and Event posts: an answer lost under load costs 30 s and a retry,
+    # not kopf's default 5 min (during which a new leader's watches would not even start).
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    global _queue
+    cluster()
+    _queue = WorkQueue()  # a fresh one: a stopped queue stays shut down
+    _stop.clear()
+    _threads[:] = [threading.Thread(target=_work, name=f"reconcile-{i}", daemon=True) for i in range(WORKERS)]
+    _threads.append(threading.Thread(target=_tick, name="pod-health-and-resync", daemon=True))
+    for thread in _threads:
+        thread.start()
 
 
-def _run(namespace: str, name: str, *, wait: bool, full: bool) -> list[Outcome]:
-    """The outcome of each pass this call ran (none when coalesced into a running pass)."""
-    passes = _serializer.run(
-        (namespace, name),
-        lambda: reconcile(cluster(), namespace, name, full=full, health=_health.get((namespace, name))), wait=wait)
-    if passes:
-        if passes[-1].ragservice is None:
-            _managed.discard((namespace, name))
-            metrics.forget_ragservice(namespace, name)
-        else:
-            _managed.add((namespace, name))
-        metrics.MANAGED_RAGSERVICES.set(len(_managed))
-    return passes
+@kopf.on.cleanup()
+def stop_workers(**_: object) -> None:
+    """Passes in flight finish (bounded: the leader must release its Lease before it expires)."""
+    _stop.set()
+    _queue.shutdown()
+    deadline = time.monotonic() + 5.0
+    for thread in _threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _enqueue(key: Key, lane: int, *, full: bool = False, after: float = 0.0) -> None:
+    if full:
+        with _state_lock:
+            _full.add(key)
+    _queue.add(key, lane, after=after)
 
 
 def _backoff(retry: int) -> float:
     return min(5.0 * 2 ** retry, 120.0)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-def resume_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
-    """At operator start every child is applied: a new operator version may declare less."""
-    _handle(namespace, name, body, retry, full=True)
+def _retry(key: Key) -> None:
+    with _state_lock:
+        failures = _failures.get(key, 0)
+        _failures[key] = failures + 1
+    _enqueue(key, ROUTINE, full=True, after=_backoff(failures))
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile_ragservice(namespace: str, name: str, body: kopf.Body, retry: int, **_: object) -> None:
-    """A new spec generation: every child is applied, unless another trigger's pass already
-    applied this generation (then only what differs)."""
-    _handle(namespace, name, body, retry, full=False)
+def _forget(key: Key) -> None:
+    cluster().ragservices.forget(key)
+    with _state_lock:
+        _full.discard(key)
+        _failures.pop(key, None)
+        _refused.pop(key, None)
+        _health.pop(key, None)
+    metrics.forget_ragservice(*key)
+    metrics.MANAGED_RAGSERVICES.set(len(cluster().ragservices))
 
 
-def _handle(namespace: str, name: str, body: kopf.Body, retry: int, *, full: bool) -> None:
-    try:
-        passes = _run(namespace, name, wait=True, full=full)
-    except ReconcileFailed as exc:
-        kopf.warn(body, reason=exc.reason, message=str(exc))
-        if exc.temporary:
-            raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from None
-        raise kopf.PermanentError(str(exc)) from None
-    _post_events(passes)
+# --- kopf's events ----------------------------------------------------------------------------
 
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget_ragservice(namespace: str, name: str, **_: object) -> None:
-    _managed.discard((namespace, name))
-    _health.pop((namespace, name), None)
-    metrics.forget_ragservice(namespace, name)
-    metrics.MANAGED_RAGSERVICES.set(len(_managed))
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL_SECONDS, initial_delay=TIMER_INTERVAL_SECONDS, idle=60)
-def resync_ragservice(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
-    _reconcile_from_event(namespace, name)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=HEALTH_INTERVAL_SECONDS, initial_delay=HEALTH_INTERVAL_SECONDS / 3)
-async def read_pod_health(namespace: str, name: str, body: kopf.Body, **_: object) -> None:
-    """Read each pod's dependency state from its metrics port (see health.py), then refresh the
-    status with it (this pass also re-evaluates the time-based Degraded=NoReadyReplicas).
-
-    Async, on a pool of its own: reading pods can wait seconds on timeouts, and kopf's worker
-    threads must stay free for reconciles."""
-    generation = body.get("metadata", {}).get("generation")
-    status = dict(body.get("status") or {})
-    # In kopf's context (its settings, for posting events), as kopf runs its own sync handlers.
-    context = contextvars.copy_context()
-    await asyncio.get_running_loop().run_in_executor(_health_pool, context.run, _refresh_health, namespace, name,
-                                                     generation, status)
-
-
-def _refresh_health(namespace: str, name: str, generation: int | None, status: dict) -> None:
-    try:
-        pods = cluster().list_pods(namespace, selector_string(name))
-    except Exception as exc:  # a failed read leaves the last one in place; the next timer tries again
-        logger.warning("listing the pods of %s/%s failed: %s", namespace, name, exc)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_ragservice_event(type: str | None, event: dict, **_: object) -> None:
+    global _kopf_context
+    if _kopf_context is None:
+        _kopf_context = contextvars.copy_context()  # kopf's settings and Event queue
+    raw = event.get("object") or {}
+    key = ObservedRagServices.key(raw)
+    if type == "DELETED":
+        _forget(key)
         return
-    health = pods_health(pods, generation)
-    previous = _health.get((namespace, name))
-    _health[(namespace, name)] = health
-    # Refresh status when the pods say something new, or while no pod is ready (Degraded after a while).
-    if (previous is None or dependency_condition(previous) != dependency_condition(health)
-            or not status.get("readyReplicas")):
-        _reconcile_from_event(namespace, name)
+    why = cluster().ragservices.put(copy.deepcopy(raw))
+    metrics.MANAGED_RAGSERVICES.set(len(cluster().ragservices))
+    if why is None:
+        return  # the echo of a status write, a label edit, a listing that brought nothing new
+    if type is None:  # listed when the watch started: resume it, behind any new work
+        _enqueue(key, ROUTINE, full=True)
+    else:
+        _enqueue(key, URGENT)
 
 
 def _owner_name(body: dict) -> str | None:
@@ -188,48 +200,101 @@ def _owner_name(body: dict) -> str | None:
     return (meta.get("labels") or {}).get(LABEL_INSTANCE)
 
 
-def _reconcile_from_event(namespace: str, name: str) -> None:
-    try:
-        passes = _run(namespace, name, wait=False, full=False)
-    except ReconcileFailed as exc:
-        logger.warning("reconcile of %s/%s failed: %s", namespace, name, exc)
-        if exc.ragservice is not None:
-            kopf.warn(exc.ragservice, reason=exc.reason, message=str(exc))
-        return
-    _post_events(passes)
-
-
-def _post_events(passes: list[Outcome]) -> None:
-    """Events for what the passes of one call changed: each pass that applied a new spec
-    generation reports it (Created or Updated: a child event's pass can apply a spec edit before
-    kopf's update handler runs, and a create handler's pass can be followed by a re-run that
-    applies an edit), and drift corrections are reported on their own."""
-    for outcome in passes:
-        if outcome.ragservice is not None and outcome.applied_spec:
-            kopf.info(outcome.ragservice, reason="Created" if outcome.initial else "Updated",
-                      message=_describe(outcome))
-    merged = merge_outcomes(passes)
-    if merged is not None and merged.ragservice is not None and merged.drift:
-        kopf.info(merged.ragservice, reason="DriftCorrected", message="corrected " + ", ".join(dict.fromkeys(merged.drift)))
-
-
-def on_child_event(type: str | None, event: dict, namespace: str, **_: object) -> None:
+async def on_child_event(type: str | None, event: dict, namespace: str, **_: object) -> None:
     raw = event.get("object") or {}
     observed = cluster().observed
     if type == "DELETED":
         observed.forget(raw.get("kind", ""), namespace, raw.get("metadata", {}).get("name", ""))
-        news = True
+        news: str | None = OBJECT
     else:
         news = observed.put(copy.deepcopy(raw))
     owner = _owner_name(raw)
-    # type None is the initial listing: resume handlers already reconcile every RagService.
-    if owner is None or type is None or not news:
+    # type None is the initial listing: every RagService listed is resumed anyway.
+    if owner is None or type is None or news is None:
         return
-    _reconcile_from_event(namespace, owner)
+    key = (namespace, owner)
+    if cluster().ragservices.get(key) is None:
+        return  # not (yet) a RagService: its own event brings the pass
+    _enqueue(key, ROUTINE, after=0.0 if news == OBJECT else STATUS_DELAY_SECONDS)
 
 
 for _group, _version, _plural in WATCHED_CHILDREN:
     kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+
+
+# --- the workers --------------------------------------------------------------------------------
+
+def _work() -> None:
+    while (item := _queue.get()) is not None:
+        key, _lane = item
+        try:
+            _process(key)
+        except client.ApiException as exc:
+            if exc.status == 404:  # its status write: the RagService is gone
+                _forget(key)
+            else:
+                logger.warning("reconciling %s/%s failed: %s", *key, exc)
+                _retry(key)
+        except Exception:
+            logger.exception("reconciling %s/%s failed", *key)
+            _retry(key)
+        finally:
+            _queue.done(key)
+
+
+def _process(key: Key) -> None:
+    cl = cluster()
+    with _state_lock:
+        full = key in _full
+        _full.discard(key)
+    rs = cl.ragservices.get(key)
+    if rs is None:
+        return
+    if KOPF_FINALIZER in (rs["metadata"].get("finalizers") or []):
+        try:
+            cl.remove_finalizer(rs, KOPF_FINALIZER)
+        except client.ApiException as exc:
+            if exc.status not in (404, 409, 422):  # gone, or changed meanwhile: its event comes
+                raise
+    generation = rs["metadata"].get("generation")
+    with _state_lock:
+        refused = key in _refused and _refused[key] == generation
+    if refused and not full:
+        return  # this spec cannot be applied: only a new generation (or the resync) tries again
+    try:
+        outcome = reconcile(cl, rs, full=full, health=_health.get(key))
+    except ReconcileFailed as exc:
+        logger.warning("reconcile of %s/%s failed: %s", *key, exc)
+        _post(kopf.warn, exc.ragservice, exc.reason, str(exc))
+        if exc.temporary:
+            _retry(key)
+        else:
+            with _state_lock:
+                _refused[key] = generation
+                _failures.pop(key, None)
+        return
+    with _state_lock:
+        _failures.pop(key, None)
+        _refused.pop(key, None)
+    _post_events(outcome)
+
+
+def _post(fn, obj: dict | None, reason: str, message: str) -> None:
+    """An Event through kopf's poster (queued, posted by kopf's event loop)."""
+    if obj is None or _kopf_context is None:
+        return
+    _kopf_context.copy().run(fn, obj, reason=reason, message=message)
+
+
+def _post_events(outcome: Outcome) -> None:
+    """Events for what the pass changed: a new spec generation applied (Created or Updated), and
+    drift corrections on their own."""
+    if outcome.ragservice is None:
+        return
+    if outcome.applied_spec:
+        _post(kopf.info, outcome.ragservice, "Created" if outcome.initial else "Updated", _describe(outcome))
+    if outcome.drift:
+        _post(kopf.info, outcome.ragservice, "DriftCorrected", "corrected " + ", ".join(dict.fromkeys(outcome.drift)))
 
 
 def _describe(outcome: Outcome) -> str:
@@ -238,3 +303,55 @@ def _describe(outcome: Outcome) -> str:
         if items:
             parts.append(f"{label} {', '.join(dict.fromkeys(items))}")
     return "; ".join(parts) or "children up to date"
+
+
+# --- the periodic work --------------------------------------------------------------------------
+
+def _tick() -> None:
+    next_health = time.monotonic() + HEALTH_INTERVAL_SECONDS / 3
+    next_resync = time.monotonic() + RESYNC_SECONDS
+    while not _stop.wait(max(0.0, min(next_health, next_resync) - time.monotonic())):
+        try:
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + RESYNC_SECONDS
+                for key in cluster().ragservices.keys():
+                    _enqueue(key, ROUTINE, full=True)
+            if time.monotonic() >= next_health:
+                _refresh_health()
+                next_health = time.monotonic() + HEALTH_INTERVAL_SECONDS
+        except Exception:  # never let the ticker die; the next round tries again
+            logger.exception("the periodic pod-health read or resync failed")
+
+
+def _refresh_health() -> None:
+    """Read each pod's dependency state from its metrics port (see health.py), then queue a pass
+    for each RagService whose pods say something new, or that has no ready pod (Degraded after a
+    while is time-based)."""
+    cl = cluster()
+    groups: dict[Key, tuple[list[dict], int | None]] = {}
+    for key in cl.ragservices.keys():
+        rs = cl.ragservices.get(key)
+        if rs is not None:
+            groups[key] = ([], rs["metadata"].get("generation"))
+    if not groups:
+        return
+    try:
+        pods = cl.list_pods(POD_SELECTOR)
+    except Exception as exc:  # a failed read leaves the last one in place; the next round tries again
+        logger.warning("listing the RagServices' pods failed: %s", exc)
+        return
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_INSTANCE, ""))
+        if key in groups:
+            groups[key][0].append(pod)
+    for key, health in health_of_each(groups).items():
+        rs = cl.ragservices.get(key)
+        if rs is None:
+            continue
+        with _state_lock:
+            previous = _health.get(key)
+            _health[key] = health
+        if (previous is None or dependency_condition(previous) != dependency_condition(health)
+                or not (rs.get("status") or {}).get("readyReplicas")):
+            _enqueue(key, ROUTINE)

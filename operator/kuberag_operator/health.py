@@ -14,12 +14,15 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kuberag_contract import METRICS_PORT, PATH_PROM_METRICS, PORT_NAME_METRICS
 from prometheus_client.parser import text_string_to_metric_families
 
+K = TypeVar("K")
 SCRAPE_TIMEOUT_SECONDS = 2.0
-_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pod-metrics")
+# Reads mostly wait (on a pod, or on the timeout of one that does not answer): many at once.
+_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="pod-metrics")
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,29 @@ def _metrics_port(pod: dict) -> int:
     return METRICS_PORT
 
 
-def pods_health(pods: list[dict], generation: int | None = None) -> DependencyHealth:
-    """Read every running pod's metrics port, concurrently."""
+def _targets(pods: list[dict]) -> list[tuple[str, str, int]]:
     targets = []
     for pod in pods:
         meta, status = pod.get("metadata") or {}, pod.get("status") or {}
         if meta.get("deletionTimestamp") or status.get("phase") != "Running" or not status.get("podIP"):
             continue
         targets.append((meta["name"], status["podIP"], _metrics_port(pod)))
-    results = list(_pool.map(lambda t: read_pod_health(*t), targets))
+    return targets
+
+
+def pods_health(pods: list[dict], generation: int | None = None) -> DependencyHealth:
+    """Read every running pod's metrics port, concurrently."""
+    results = list(_pool.map(lambda t: read_pod_health(*t), _targets(pods)))
     return DependencyHealth(pods=tuple(sorted(results, key=lambda p: p.pod)), observed_generation=generation)
+
+
+def health_of_each(groups: dict[K, tuple[list[dict], int | None]]) -> dict[K, DependencyHealth]:
+    """``pods_health`` of many RagServices (key -> (its pods, its generation)) in one concurrent
+    round: one slow RagService does not hold up the others' reads."""
+    jobs = [(key, t) for key, (pods, _) in groups.items() for t in _targets(pods)]
+    results = list(_pool.map(lambda job: read_pod_health(*job[1]), jobs))
+    by_key: dict[K, list[PodHealth]] = {key: [] for key in groups}
+    for (key, _), result in zip(jobs, results, strict=True):
+        by_key[key].append(result)
+    return {key: DependencyHealth(pods=tuple(sorted(found, key=lambda p: p.pod)), observed_generation=groups[key][1])
+            for key, found in by_key.items()}

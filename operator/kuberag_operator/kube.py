@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from kuberag_contract import GROUP, PLURAL, VERSION
+from kuberag_contract import GROUP, KIND, PLURAL, VERSION
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
@@ -22,6 +22,7 @@ from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from kuberag_operator import metrics
 
 FIELD_MANAGER = "kuberag-operator"
+USER_AGENT = "kuberag-operator"
 # (connect, read) seconds: a hung API server must not pin a worker thread forever.
 REQUEST_TIMEOUT = (5, 30)
 _T = {"_request_timeout": REQUEST_TIMEOUT}
@@ -30,15 +31,16 @@ SERVICEMONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 # (api group, resource, verb): "" is the core group. SSA of a missing object needs create too.
 _CHILD_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 API_PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
-    {(GROUP, PLURAL, v) for v in ("get", "list", "watch", "patch")}
-    | {(GROUP, f"{PLURAL}/status", v) for v in ("get", "patch")}
+    # patch: removing the kopf finalizer older operator versions left (the rest is read from the watch).
+    {(GROUP, PLURAL, "patch")}
+    | {(GROUP, f"{PLURAL}/status", "patch")}
     | {(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "deployments"),
                                ("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets"),
                                ("networking.k8s.io", "networkpolicies"), ("monitoring.coreos.com", "servicemonitors"),
                                ("batch", "jobs"), ("batch", "cronjobs"))
        for v in _CHILD_VERBS}
     | {("", "secrets", "get")}  # existence of referenced Secrets only: never list/watch
-    | {("", "pods", "list")}  # the pods' IPs, to read their metrics port (dependency health)
+    | {("", "pods", "list")}  # the pods' IPs, to read their metrics port (dependency health), cluster-wide
     | {("apiextensions.k8s.io", "customresourcedefinitions", "get")}
 )
 
@@ -66,8 +68,20 @@ def request_resource(path: str) -> str:
 class _CountingApiClient(client.ApiClient):
     """Counts every request by method and resource: the reconcile's API cost, measured."""
 
+    def __init__(self, pool_size: int) -> None:
+        configuration = client.Configuration.get_default_copy()
+        # One connection per worker thread: with fewer (the client's default is 5 per CPU), a
+        # busy worker's request opens and then discards a connection, a TLS handshake each time.
+        configuration.connection_pool_maxsize = pool_size
+        super().__init__(configuration)
+        self.user_agent = USER_AGENT  # names the operator in the API server's audit log
+
     def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         metrics.API_REQUESTS.labels(method, request_resource(url)).inc()
+        if len(args) < 4 and kwargs.get("_request_timeout") is None:
+            # Every request bounded, also those without a timeout of their own (the dynamic
+            # client's discovery, under Cluster._resource's lock: one lost answer held every worker).
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
         return super().call_api(method, url, *args, **kwargs)
 
 
@@ -98,6 +112,9 @@ def _relevant(obj: dict) -> tuple:
     return meta, body, used
 
 
+OBJECT, STATUS = "object", "status"  # what a child's event tells (ObservedChildren.put)
+
+
 class ObservedChildren:
     """The operator's children as last seen, fed by the watch of managed children and by every
     apply response: a reconcile reads them here instead of one GET per child (an informer cache,
@@ -116,31 +133,87 @@ class ObservedChildren:
         with self._lock:
             return self._objects.get((kind, namespace, name))
 
-    def put(self, obj: dict) -> bool:
-        """Keep ``obj`` unless a later version is known; True when it tells something new: a
-        change beyond the status churn a reconcile does not read (a watch event that only echoes
-        the operator's own apply, or a PDB's status update, is not worth a reconcile)."""
+    def put(self, obj: dict) -> str | None:
+        """Keep ``obj`` unless a later version is known. What it tells that is new: ``OBJECT``
+        (first sight, or a change of the object itself), ``STATUS`` (status the RagService's
+        status follows), or None: a watch event that only echoes the operator's own apply, or
+        status churn a reconcile does not read (a PDB's status), is not worth a reconcile."""
         key = self._key(obj)
         with self._lock:
             old = self._objects.get(key)
             if old is not None and not _newer(obj, old):
-                return False
+                return None
             self._objects[key] = obj
-        return old is None or _relevant(obj) != _relevant(old)
+        if old is None:
+            return OBJECT
+        new_view, old_view = _relevant(obj), _relevant(old)
+        if new_view[:2] != old_view[:2]:
+            return OBJECT
+        return STATUS if new_view[2] != old_view[2] else None
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop((kind, namespace, name), None)
 
 
+# Why a RagService event needs a pass (None: it does not; e.g. the echo of a status write).
+NEW, NEW_GENERATION = "new", "new generation"
+
+
+class ObservedRagServices:
+    """The RagServices as last seen: fed by kopf's watch events and by the operator's own status
+    writes (their responses), so a reconcile reads its RagService here, not with a GET, and the
+    watch echo of a status write is recognised as nothing new."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str], dict] = {}
+
+    @staticmethod
+    def key(obj: dict) -> tuple[str, str]:
+        meta = obj.get("metadata") or {}
+        return meta.get("namespace", ""), meta.get("name", "")
+
+    def get(self, key: tuple[str, str]) -> dict | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    def keys(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._objects)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+    def put(self, obj: dict) -> str | None:
+        """Keep ``obj`` unless a later version is known; why it needs a pass, or None."""
+        key = self.key(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid") and not _newer(obj, old):
+                return None
+            self._objects[key] = obj
+        if old is None or old["metadata"].get("uid") != obj["metadata"].get("uid"):
+            return NEW
+        if (old["metadata"].get("generation") != obj["metadata"].get("generation")
+                or bool(old["metadata"].get("deletionTimestamp")) != bool(obj["metadata"].get("deletionTimestamp"))):
+            return NEW_GENERATION
+        return None
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+
 class Cluster:
-    """A thread-safe handle on the API server (kopf runs sync handlers in worker threads)."""
+    """A thread-safe handle on the API server (the reconcile workers are threads)."""
 
     # A missing ServiceMonitor CRD is looked up again at most this often (not on every reconcile).
     CRD_CHECK_SECONDS = 30.0
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api_client = api_client or _CountingApiClient()
+    def __init__(self, api_client: client.ApiClient | None = None, pool_size: int = 16) -> None:
+        self.api_client = api_client or _CountingApiClient(pool_size)
         # A private discovery cache: processes sharing /tmp must not read each other's.
         cache = os.path.join(tempfile.mkdtemp(prefix="kuberag-operator-"), "discovery.json")
         self.dynamic = DynamicClient(self.api_client, cache_file=cache)
@@ -150,6 +223,7 @@ class Cluster:
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], Any] = {}
         self.observed = ObservedChildren()
+        self.ragservices = ObservedRagServices()
         self._crd_checked: tuple[float, bool] | None = None
 
     def _resource(self, api_version: str, kind: str) -> Any:
@@ -160,30 +234,39 @@ class Cluster:
             return self._resources[key]
 
     # --- RagServices ---------------------------------------------------------------------------
-    def get_ragservice(self, namespace: str, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, **_T)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+    def patch_ragservice_status(self, namespace: str, name: str, status: dict) -> dict:
+        """Merge-patch ``status``; the response (the RagService now) is what the next pass reads."""
+        written = self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, **_T)
+        self.ragservices.put(written)
+        return written
 
-    def patch_ragservice_status(self, namespace: str, name: str, status: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status}, **_T)
+    def remove_finalizer(self, rs: dict, finalizer: str) -> None:
+        """Remove one finalizer (only if the list is still as read: a JSON patch with a test)."""
+        finalizers = rs["metadata"].get("finalizers") or []
+        i = finalizers.index(finalizer)
+        patch = [{"op": "test", "path": f"/metadata/finalizers/{i}", "value": finalizer},
+                 {"op": "remove", "path": f"/metadata/finalizers/{i}"}]
+        meta = rs["metadata"]
+        self._resource(f"{GROUP}/{VERSION}", KIND).patch(
+            name=meta["name"], namespace=meta["namespace"], body=patch, content_type="application/json-patch+json", **_T)
 
     # --- children ------------------------------------------------------------------------------
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+    def get(self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = False) -> dict | None:
+        """The object, or None. ``cached``: from the API server's watch cache (resourceVersion 0:
+        no etcd read; at most milliseconds behind, like any informer)."""
+        extra = {"resource_version": "0"} if cached else {}
         try:
-            return self._resource(api_version, kind).get(name=name, namespace=namespace, **_T).to_dict()
+            return self._resource(api_version, kind).get(name=name, namespace=namespace, **extra, **_T).to_dict()
         except NotFoundError:
             return None
 
     def current(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
-        """The child as last observed, else as the API server has it now (None: it does not exist)."""
+        """The child as last observed, else as the API server has it (None: it does not exist)."""
         seen = self.observed.get(kind, namespace, name)
         if seen is not None:
             return seen
-        live = self.get(api_version, kind, namespace, name)
+        live = self.get(api_version, kind, namespace, name, cached=True)
         if live is not None:
             self.observed.put(live)
         return live
@@ -263,9 +346,10 @@ class Cluster:
             self._crd_checked = (now, installed)
         return installed
 
-    def list_pods(self, namespace: str, selector: str) -> list[dict]:
-        """The pods of a RagService (for reading their metrics port)."""
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector, **_T)
+    def list_pods(self, selector: str) -> list[dict]:
+        """Every pod with these labels, in all namespaces: one request for all RagServices' pods
+        (from the API server's watch cache), for reading their metrics ports."""
+        pods = self.core.list_pod_for_all_namespaces(label_selector=selector, resource_version="0", **_T)
         return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
 
     def forget_resource(self, api_version: str, kind: str) -> None:

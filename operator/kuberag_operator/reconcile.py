@@ -1,20 +1,19 @@
 """``reconcile()``: one idempotent pass that makes a RagService's children and status match its spec.
 
-Every trigger calls it (create, update, resume, a change of an owned child, the slow timer).
-It re-reads the RagService, checks the Secrets the pods need, applies ``desired_children()``
-with server-side apply, prunes optional children that are no longer wanted and writes status.
-Calls for one RagService are serialised; a call arriving while one runs is coalesced into a
-single re-run (the way a controller work queue deduplicates keys).
+Every trigger leads here (a new RagService or spec, resuming after a restart, a change of an
+owned child, the resync; see handlers.py and its work queue). It checks the Secrets the pods
+need, applies with server-side apply the children of ``desired_children()`` that differ from
+what is declared (each child carries the hash of what was declared for it, so an unchanged one
+costs no request), prunes optional children that are no longer wanted and writes status.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import urllib3
 from kuberag_contract import ANNOTATION_CONFIG_HASH, KIND, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
@@ -47,7 +46,11 @@ from kuberag_operator.status import (
 )
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
+# On every child: the hash of what the operator declared for it (the whole applied object). A
+# child whose hash and declared fields match needs no apply, and a different hash is the
+# operator's own change (a new spec, a new operator version, the HPA's replica count in the
+# config), never drift.
+ANNOTATION_DESIRED_HASH = "kuberag.io/desired-hash"
 
 
 class ReconcileFailed(Exception):
@@ -94,24 +97,9 @@ class Outcome:
     created: list[str] = field(default_factory=list)  # "Kind/name" of children created
     changed: list[str] = field(default_factory=list)  # ... changed by the apply
     pruned: list[str] = field(default_factory=list)
-    drift: list[str] = field(default_factory=list)  # created/changed while the spec had not changed
+    drift: list[str] = field(default_factory=list)  # restored: deleted or edited by someone else
     initial: bool = False  # the first pass that applied this RagService (no observedGeneration yet)
     applied_spec: bool = False  # a pass applied a new spec generation and that changed children
-
-
-def merge_outcomes(outcomes: list[Outcome]) -> Outcome | None:
-    """One Outcome for several passes: the last RagService seen, every change any pass made."""
-    if not outcomes:
-        return None
-    merged = Outcome(ragservice=outcomes[-1].ragservice)
-    for o in outcomes:
-        merged.created += o.created
-        merged.changed += o.changed
-        merged.pruned += o.pruned
-        merged.drift += o.drift
-        merged.initial = merged.initial or o.initial
-        merged.applied_spec = merged.applied_spec or o.applied_spec
-    return merged
 
 
 # Where a child's field comes from in the RagService: an apply error names the RagService's field.
@@ -164,6 +152,7 @@ def _write_status(cluster: Cluster, rs: dict, status: dict) -> None:
     current = rs.get("status") or {}
     if all(current.get(k) == v for k, v in status.items()):
         return  # nothing changed: no write, no watch event
+    # The response goes into the operator's view of the RagService: the next pass compares with it.
     cluster.patch_ragservice_status(rs["metadata"]["namespace"], rs["metadata"]["name"], status)
 
 
@@ -184,18 +173,19 @@ def _fail(cluster: Cluster, rs: dict, reason: str, message: str, *, temporary: b
     return ReconcileFailed(message, temporary=temporary, reason=reason, ragservice=rs)
 
 
-def reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool = True,
-              health: DependencyHealth | None = None) -> Outcome:
-    """Make the children and status of RagService ``namespace/name`` match its spec.
+def reconcile(cluster: Cluster, rs: dict, *, full: bool = True, health: DependencyHealth | None = None) -> Outcome:
+    """Make the children and status of RagService ``rs`` (as last observed) match its spec.
 
-    ``full``: apply every child (create, spec update, resume: a new spec or a new operator version
-    may drop fields, which only an apply removes). Otherwise (a child's event, the timers) only the
-    children that differ from what is declared, or carry foreign protected fields, are applied.
+    Children are applied when they differ from what is declared: missing, a declared field
+    changed, foreign fields in what must be exactly the spec, or a declared-content hash that is
+    not the current one. ``full`` (resuming, the resync, a retry after a failure) also checks the
+    referenced Secrets again and looks up unwanted optional children that were never observed;
+    otherwise (children's events, status refreshes) the Secrets are checked only for a new spec.
     ``health``: the pods' own dependency state, read from their metrics port, for the conditions.
     """
     with metrics.RECONCILE_DURATION.time():
         try:
-            return _reconcile(cluster, namespace, name, full=full, health=health)
+            return _reconcile(cluster, rs, full=full, health=health)
         except ReconcileFailed:
             raise  # counted by _fail with its own result
         except Exception:
@@ -203,10 +193,25 @@ def reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool = True,
             raise
 
 
-def _apply_child(cluster: Cluster, child: dict, live: dict | None, *, must_apply: bool) -> tuple[dict, bool]:
-    """Apply ``child`` if needed; (the object now, whether the apply changed what it manages)."""
+def desired_hash(child: dict) -> str:
+    return hashlib.sha256(json.dumps(child, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def with_desired_hash(child: dict) -> dict:
+    stamped = copy.deepcopy(child)
+    stamped["metadata"].setdefault("annotations", {})[ANNOTATION_DESIRED_HASH] = desired_hash(child)
+    return stamped
+
+
+def _live_hash(live: dict | None) -> str | None:
+    return ((live or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_DESIRED_HASH)
+
+
+def _apply_child(cluster: Cluster, child: dict, live: dict | None) -> tuple[dict, bool]:
+    """Apply ``child`` (stamped with its hash) if it differs from ``live``; (the object now,
+    whether the apply changed what it manages)."""
     foreign = live is not None and bool(foreign_fields(live, FIELD_MANAGER))
-    if not (must_apply or live is None or foreign or not matches(child, live)):
+    if not (live is None or foreign or _live_hash(live) != _live_hash(child) or not matches(child, live)):
         return live, False
     after = cluster.apply(child)
     taken = take_foreign_fields(after, FIELD_MANAGER)
@@ -225,18 +230,20 @@ def _apply_child(cluster: Cluster, child: dict, live: dict | None, *, must_apply
     return after, changed
 
 
-def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
-               health: DependencyHealth | None) -> Outcome:
-    rs = cluster.get_ragservice(namespace, name)
-    if rs is None or rs["metadata"].get("deletionTimestamp"):
+def _reconcile(cluster: Cluster, rs: dict, *, full: bool, health: DependencyHealth | None) -> Outcome:
+    if rs["metadata"].get("deletionTimestamp"):
         return Outcome(ragservice=None)
+    namespace, name = rs["metadata"]["namespace"], rs["metadata"]["name"]
     generation = rs["metadata"].get("generation")
     status = rs.get("status") or {}
     spec = defaulted_spec(rs.get("spec"))
+    # In steady state (spec already handled) anything the apply restores was drift.
+    steady = status.get("observedGeneration") == generation
 
-    # Errors the schema cannot catch: a Secret the pods would fail to start without.
+    # Errors the schema cannot catch: a Secret the pods would fail to start without (checked for
+    # a new spec and by full passes: the resync, retries, resuming).
     problems = []
-    for field_path, ref in secret_refs(spec):
+    for field_path, ref in secret_refs(spec) if full or not steady else ():
         try:
             problem = cluster.secret_key_problem(namespace, ref["name"], ref["key"])
         except client.ApiException as exc:  # e.g. 403: the operator's RBAC does not reach it
@@ -275,8 +282,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
                 "spec.monitoring.serviceMonitor.enabled is set but the ServiceMonitor CRD "
                 "(servicemonitors.monitoring.coreos.com, prometheus-operator) is not installed"))
 
-    # In steady state (spec already handled) anything the apply creates or changes was drift.
-    steady = status.get("observedGeneration") == generation
+    children = [with_desired_hash(c) for c in children]
     outcome = Outcome(ragservice=rs, initial=status.get("observedGeneration") is None)
     applied: dict[str, dict] = {}
     uid = rs["metadata"]["uid"]
@@ -292,7 +298,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
         for child in children:
             before = existing[_ref(child)]
             try:
-                after, changed = _apply_child(cluster, child, before, must_apply=full or not steady)
+                after, changed = _apply_child(cluster, child, before)
             except client.ApiException as exc:
                 # The observed copy may be stale: another owner may have claimed it meanwhile.
                 fresh = cluster.get(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
@@ -309,7 +315,9 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
             if not changed:
                 continue
             (outcome.created if before is None else outcome.changed).append(_ref(child))
-            if steady:
+            # Drift: gone, or changed by someone else while it held what is declared now (a new
+            # hash is the operator's own change: an upgrade, the HPA's count in the config).
+            if steady and (before is None or _live_hash(before) == _live_hash(child)):
                 outcome.drift.append(_ref(child))
                 metrics.DRIFT_CORRECTIONS.labels(child["kind"]).inc()
         wanted = {(c["apiVersion"], c["kind"]) for c in children}
@@ -319,7 +327,7 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
             if outcome.initial:
                 continue  # nothing can be controlled by a RagService before its first pass
             if (api_version, kind) not in wanted and cluster.delete_owned(
-                    api_version, kind, namespace, name, uid, observed_only=not full):
+                    api_version, kind, namespace, name, uid, observed_only=steady and not full):
                 outcome.pruned.append(f"{kind}/{name}")
     except client.ApiException as exc:
         raise _fail(cluster, rs, "ApplyFailed", f"applying children failed: {api_error_text(exc)}",
@@ -352,36 +360,3 @@ def _reconcile(cluster: Cluster, namespace: str, name: str, *, full: bool,
     metrics.RECONCILES.labels("success").inc()
     outcome.applied_spec = not steady and bool(outcome.created or outcome.changed or outcome.pruned)
     return outcome
-
-
-class KeyedSerializer:
-    """One run at a time per key; callers that do not wait coalesce into one re-run."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._pending: set[tuple[str, str]] = set()
-
-    def run(self, key: tuple[str, str], fn: Callable[[], T], *, wait: bool) -> list[T]:
-        """The results of every pass this call ran (empty when coalesced into a running one)."""
-        results: list[T] = []
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-            if not wait and not lock.acquire(blocking=False):
-                self._pending.add(key)  # the running pass repeats once it ends
-                return results
-        if wait:
-            lock.acquire()
-        try:
-            while True:
-                with self._guard:
-                    self._pending.discard(key)
-                results.append(fn())
-                with self._guard:
-                    if key not in self._pending:
-                        lock.release()
-                        return results
-        except BaseException:
-            lock.release()
-            raise
-

@@ -41,7 +41,8 @@ def api(control_plane):
 
 
 def _wait(probe, what, proc, timeout=60):
-    return wait_for(probe, timeout=timeout, what=what, diagnose=proc.log_tail)
+    # On a timeout: every operator thread's stack too (what a stalled pass waits on).
+    return wait_for(probe, timeout=timeout, what=what, diagnose=proc.dump_stacks)
 
 
 def _events(api, ns, uid):

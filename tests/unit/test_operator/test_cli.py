@@ -1,7 +1,7 @@
 import logging
 
 import pytest
-from kuberag_operator.__main__ import _quiet_child_events, parse_args
+from kuberag_operator.__main__ import _quiet_events, parse_args
 
 pytestmark = pytest.mark.unit
 
@@ -27,6 +27,7 @@ def test_bad_arguments_are_clear_usage_errors(argv, message, capsys):
 def test_child_event_success_lines_are_filtered_but_errors_are_kept():
     def record(level, msg):
         return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
-    assert not _quiet_child_events(record(logging.INFO, "Handler 'on_child_event' succeeded."))
-    assert _quiet_child_events(record(logging.ERROR, "Handler 'on_child_event' failed"))
-    assert _quiet_child_events(record(logging.INFO, "Handler 'reconcile_ragservice' succeeded."))
+    assert not _quiet_events(record(logging.INFO, "Handler 'on_child_event' succeeded."))
+    assert not _quiet_events(record(logging.INFO, "Handler 'on_ragservice_event' succeeded."))
+    assert _quiet_events(record(logging.ERROR, "Handler 'on_child_event' failed"))
+    assert _quiet_events(record(logging.INFO, "Handler 'configure' succeeded."))
