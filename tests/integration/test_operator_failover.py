@@ -51,8 +51,14 @@ def test_two_operators_one_leader_and_failover(control_plane, tmp_path):
             follower = next(i for i in ops if i != leader)
             for op in ops.values():
                 op.wait_healthy()  # the follower answers /healthz too (standby)
-            leading = {i: op.metrics()["kuberag_operator_leader"] for i, op in ops.items()}
-            assert leading == {leader: 1.0, follower: 0.0}
+
+            def leading():
+                # The Lease names the leader a moment before its process sets the gauge: poll.
+                gauges = {i: op.metrics()["kuberag_operator_leader"] for i, op in ops.items()}
+                assert gauges == {leader: 1.0, follower: 0.0}, gauges
+                return True
+
+            wait_for(leading, timeout=30, what="the leader gauge to be 1 on the leader only", diagnose=logs)
 
             def reconciled(name):
                 def probe():
