@@ -192,7 +192,8 @@ class QueryService:
 
     def degraded(self, llm_failed: bool = False) -> tuple[str, ...]:
         """The parts of the pipeline this answer skipped: the L2 cache (down), the LLM (failed)."""
-        l2_down = self.cache.l2_enabled and not self.cache.l2.up
+        cache = self.cache
+        l2_down = cache.l2_enabled and not (cache.l2.up and cache.epoch_known)
         return ("llm",) * llm_failed + ("l2",) * l2_down
 
     async def _cpu(self, stage: str, fn: Callable[..., T], *args: Any) -> T:

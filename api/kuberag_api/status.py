@@ -62,6 +62,8 @@ class ReadinessProbe:
             state = l2.breaker.state
             redis = {"status": "up" if state == "closed" else f"down (circuit {state}): answers skip L2",
                      "errors": l2.errors}
+            if state == "closed" and not self.cache.epoch_known:
+                redis["status"] = "epoch not read yet: answers skip L2"
             if state != "closed" and l2.last_error:
                 redis["last_error"] = l2.last_error
         config = {"hash": self.live.hash, "source": str(self.live.path) if self.live.path else None,
@@ -125,6 +127,8 @@ class ReadinessProbe:
             try:
                 if self.cache.l2_enabled:
                     await self.cache.l2.ping()
+                    if not self.cache.epoch_known:
+                        await self.cache.load_epoch()
                 if self.limiter.shared is not None and self.limiter.live.config.rate_limit.scope == "shared":
                     await self.limiter.shared.ping()
                 self.update_gauges()

@@ -177,9 +177,44 @@ async def test_delete_cache_removes_only_kuberag_keys(tmp_path, engine, redis_se
         assert b"1" in redis_server.command("GET", "kuberag:default:local:epoch")
         body, _ = await ask(client, QUESTIONS[0])
         assert body["cache_hit"] is False
-    # A restarted API container continues at the stored epoch.
+    # A restarted API container continues at the stored epoch (read at start, or by the readiness
+    # loop when that first read timed out on a loaded machine).
     async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url, "{}")) as again:
+        async def epoch_read() -> bool:
+            return again.app.state.cache.epoch_known
+
+        await wait_for(epoch_read)
         assert again.app.state.cache.epoch == 1
+
+
+async def test_l2_is_unused_until_its_epoch_is_read(tmp_path, engine, redis_server):
+    """The defect: when the epoch read at start failed (the sidecar not up yet, or a read timing
+    out under load) the replica went on at epoch 0 and served the entries a DELETE /cache had
+    meant to drop (here its UNLINK failed: the entries are still in Redis under epoch 0)."""
+    async with AsyncTestClient(make_app(tmp_path, engine, redis_server.url)) as client:
+        await ask(client, QUESTIONS[0])
+        await wait_stored(redis_server, 1)
+    redis_server.command("SET", "kuberag:default:local:epoch", "1")  # cleared, entries left behind
+    redis_server.hang()
+    try:
+        app = make_app(tmp_path, engine, redis_server.url)
+        async with AsyncTestClient(app) as client:
+            redis_server.resume()
+            body, _ = await ask(client, QUESTIONS[0])
+            assert body["cache_level"] != "l2", "an entry of the dropped epoch 0 was served"
+
+            async def epoch_read() -> bool:
+                return app.state.cache.epoch_known
+
+            await wait_for(epoch_read)
+            assert app.state.cache.epoch == 1
+            await ask(client, QUESTIONS[0])
+            await wait_stored(redis_server, 2)  # now written under epoch 1
+            again, _ = await ask(client, QUESTIONS[0])
+            assert again["cache_level"] == "l2" and again["degraded"] is False
+    finally:
+        if redis_server.stopped:
+            redis_server.resume()
 
 
 async def test_l3_hits_refill_an_l2_that_restarted_empty(tmp_path, engine, redis_server):

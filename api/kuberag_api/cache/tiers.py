@@ -36,6 +36,8 @@ class AnswerCache:
         self.l2 = l2
         self.l3 = SemanticCache(c.l3.max_entries, c.l3.ttl_seconds, c.l3.threshold)
         self._epoch = 0
+        # L2 is neither read nor written until the epoch kept in Redis is known (see load_epoch).
+        self.epoch_known = l2 is None
         # Set when the store is shared: the epoch then comes from it (read from memory: a cache
         # hit never waits on the network), so DELETE /cache on any replica reaches all of them.
         self.shared: SharedEpoch | None = None
@@ -60,13 +62,29 @@ class AnswerCache:
     def l3_enabled(self) -> bool:
         return self.live.config.cache.l3.enabled
 
+    @property
+    def l2_usable(self) -> bool:
+        """L2 is on and its epoch is known: a replica that guessed epoch 0 would read the entries
+        a DELETE /cache meant to drop (its UNLINK may have failed) and write unreachable ones."""
+        return self.epoch_known and self.l2_enabled
+
     async def start(self) -> None:
+        await self.load_epoch()
+
+    async def load_epoch(self) -> bool:
         """Continue the epoch kept in Redis, so a restarted API container never reads entries a
-        DELETE /cache meant to drop."""
-        if self.l2 is not None:
-            epoch = await self.l2.read_epoch()
-            if epoch is not None:
-                self._epoch = epoch
+        DELETE /cache meant to drop. When Redis cannot answer (the sidecar starts after this
+        container, or a read timed out under load) L2 stays unused and the readiness loop calls
+        this again until it can; True once the epoch is known."""
+        if self.epoch_known or self.l2 is None:
+            return True
+        epoch = await self.l2.read_epoch()
+        if epoch is None:
+            return False
+        self._epoch = max(self._epoch, epoch)
+        self.epoch_known = True
+        log.info("cache epoch read from L2", extra={"epoch": self._epoch})
+        return True
 
     async def get(self, key: str, scope: str, promote: bool = True) -> tuple[CachedAnswer, str] | None:
         """Exact-key lookups, cheapest first: L1, L2, L3's exact entries. A hit is copied into
@@ -75,7 +93,7 @@ class AnswerCache:
         entry = self.l1.get(key)
         if entry is not None:
             return entry, "l1"
-        if self.l2_enabled:
+        if self.l2_usable:
             entry = await self.l2.get(key)
             if entry is not None:
                 if promote:
@@ -101,7 +119,7 @@ class AnswerCache:
         self._store_l2(key, entry)
 
     def _store_l2(self, key: str, entry: CachedAnswer) -> None:
-        if self.l2_enabled:
+        if self.l2_usable:
             task = asyncio.ensure_future(self.l2.set(key, entry, self.live.config.cache.l2.ttl_seconds))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -131,6 +149,7 @@ class AnswerCache:
                 stored = await self.l2.bump_epoch(at_least=new_epoch)
                 if stored is not None:
                     new_epoch = max(new_epoch, stored)
+                    self.epoch_known = True  # INCR continued the stored epoch
             cleared["l2"] = await self.l2.clear()
         self._epoch = new_epoch
         log.info("cache cleared", extra={"epoch": new_epoch, "cleared": cleared})
