@@ -275,6 +275,14 @@ class QueryService:
         return g.text, g.model, usage, degraded
 
     # --- answering ------------------------------------------------------------------------------
+    def l1_entry(self, question: str) -> CachedAnswer | None:
+        """The answer L1 holds for ``question`` (the whole lookup of the hot path), or None (also
+        while the index is not ready: the full path then says why)."""
+        engine = self.slot.engine
+        if engine is None or not engine.ready:
+            return None
+        return self.cache.l1.get(answer_key(normalise_question(question), self._scope(engine)))
+
     async def answer(self, question: str, *, lookup: bool = True, store: bool = True,
                      client: str | None = None) -> QueryOutcome:
         """The answer, from a cache or computed; ``client`` (the verified identity's limiter key)

@@ -11,11 +11,14 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import hnswlib
 import numpy as np
 
 from kuberag_api.cache.entry import CachedAnswer
+
+if TYPE_CHECKING:
+    import hnswlib
 
 _WORD = re.compile(r"[\w']+")
 # English and Spanish negation words (users of the prototype asked in Spanish too).
@@ -141,6 +144,9 @@ class SemanticCache:
         if vector is not None:
             index = self._index
             if index is None:
+                # Imported at first use: with L3 off the library is never loaded.
+                import hnswlib
+
                 index = self._index = hnswlib.Index(space="cosine", dim=int(vector.shape[-1]))
                 index.init_index(max_elements=1024, ef_construction=64, M=16, allow_replace_deleted=True)
                 # ef=128: on random 384-d vectors (the hard case) 99.9% of near-duplicates are found
