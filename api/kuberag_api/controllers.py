@@ -168,6 +168,8 @@ async def answer_from_l1(request: Request) -> Response | None:
     against 196 for a bare Litestar route); a miss, ``use_cache: false`` or ``Cache-Control:
     no-cache`` goes on to the handler (None), which reuses the body decoded here."""
     started = time.perf_counter()
+    if not await request.body():
+        return None  # the handler's own problem: "the request body is empty"
     data: QueryRequest = await request.json()
     if not data.use_cache:
         return None
