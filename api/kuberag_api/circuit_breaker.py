@@ -23,6 +23,11 @@ class CircuitBreaker:
         self.opened_count = 0
 
     @property
+    def consecutive_failures(self) -> int:
+        """Failures since the last success (the breaker opens at ``failure_threshold``)."""
+        return self._failures
+
+    @property
     def state(self) -> State:
         if self._opened_at is None:
             return "closed"

@@ -88,6 +88,25 @@ async def burst(client: AsyncTestClient, n: int) -> list[tuple[dict, float]]:
     return await asyncio.gather(*(ask(client, QUESTIONS[i % len(QUESTIONS)] + " " * (i % 3)) for i in range(n)))
 
 
+async def in_l2(client: AsyncTestClient, clock, question: str) -> dict:
+    """Ask ``question`` until it is answered from L2 (L1 and L3 are off): the first ask computes
+    it and writes it to L2 in the background, a later one reads it back. An ask again covers a
+    write that timed out; the breaker's clock moves, should those timeouts have opened it."""
+    found: dict = {}
+
+    async def from_l2() -> bool:
+        body, _ = await ask(client, question)
+        if body["cache_level"] == "l2":
+            found.update(body)
+            return True
+        clock.now += client.app.state.cache.l2.breaker.reset_seconds
+        await asyncio.sleep(0.1)  # the background write
+        return False
+
+    await wait_for(from_l2)
+    return found
+
+
 class ManualClock:
     """The L2 breaker's clock, moved by the test: the breaker stays open until the test lets it
     probe, however long a loaded machine takes between two requests."""
@@ -107,17 +126,19 @@ async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redi
     clock = ManualClock()
     breaker = l2.breaker = CircuitBreaker(l2.breaker.failure_threshold, l2.breaker.reset_seconds, clock=clock)
     async with AsyncTestClient(app) as client:
+        # On a loaded machine a 50 ms call can time out while Redis is up: a background write is
+        # then lost (the answer is computed again next time) and counts as a breaker failure.
         for q in QUESTIONS:
-            await ask(client, q)
-        await wait_stored(redis_server, len(QUESTIONS))
-        body, _ = await ask(client, QUESTIONS[0])
-        assert body["cache_level"] == "l2"
+            await in_l2(client, clock, q)
+        assert answer_keys(redis_server) == len(QUESTIONS)
 
         if failure == "killed":
             redis_server.kill()
         else:
             redis_server.hang()
         failed_before = l2.errors
+        # A failure left over from a timed-out call since the last success counts towards opening.
+        needed = breaker.failure_threshold - breaker.consecutive_failures
         results = await burst(client, 60)
         # Every query answered. A failed Redis call costs at most its timeout, and the breaker
         # opens after failure_threshold of them: only the calls under way by then failed (a
@@ -126,7 +147,7 @@ async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redi
         failed = l2.errors - failed_before
         print(f"redis {failure}: 60 queries, {failed} Redis calls failed, slowest "
               f"{max(e for _, e in results) * 1000:.0f} ms")
-        assert breaker.failure_threshold <= failed <= breaker.failure_threshold + 3
+        assert needed <= failed <= breaker.failure_threshold + 3
         assert breaker.state == "open"
         # Without the timeouts a query would wait on a hung Redis forever (or the pytest timeout).
         assert max(elapsed for _, elapsed in results) < 60
@@ -151,10 +172,10 @@ async def test_redis_failure_during_a_burst_then_recovery(tmp_path, engine, redi
 
         await wait_for(redis_back)
         fresh = "Which port does the Redis sidecar use?"
-        await ask(client, fresh)
-        await wait_stored(redis_server, 1 if failure == "killed" else len(QUESTIONS) + 1)
-        body, _ = await ask(client, fresh)
-        assert body["cache_level"] == "l2" and body["degraded"] is False
+        body = await in_l2(client, clock, fresh)
+        assert body["degraded"] is False
+        # A killed Redis restarted empty; a hung one kept what it had.
+        assert answer_keys(redis_server) == (1 if failure == "killed" else len(QUESTIONS) + 1)
 
 
 async def test_l2_is_shared_by_a_restarted_api_container(tmp_path, engine, redis_server):
