@@ -223,11 +223,45 @@ class ConfigError(ValueError):
     """The config file is not valid; the message names the field."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping: PyYAML keeps the
+    last one silently, so a second ``clients:`` appended to a file would drop every client above
+    it (and a second ``key:`` would replace a client's key) without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: construct_mapping below names it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(what: str, exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where (line, column) and what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return f"{what} is not valid YAML: {' '.join(str(exc).split())}"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
 def _load_yaml(text: str | bytes, what: str) -> object:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(what, exc)) from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply (hundreds of levels; a {what} has a few)") from None
 
 
 def parse_config(text: str | bytes) -> ApiConfig:

@@ -69,3 +69,33 @@ def test_ingest_sync_makes_the_local_index_hold_exactly_the_directory(tmp_path: 
     (corpus / "tea.txt").unlink()
     assert main(["ingest", "--sync", str(corpus), "--data-dir", data]) == EXIT_OK
     assert "3 documents" in capsys.readouterr().out.splitlines()[-1]
+
+
+KEYS_HEADER = "apiVersion: kuberag.io/v1alpha1\nkind: ClientKeys\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (KEYS_HEADER + "clients:\n  - name: a\n    key: [\n", "not valid YAML at line 6, column 1"),
+        (KEYS_HEADER + "clients: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+        # PyYAML keeps the last of two equal keys: a second clients: would drop every client above it.
+        (KEYS_HEADER + "clients:\n  - {name: a, key: abcdefghijklmnopq}\nclients: []\n", "'clients' appears twice"),
+        (KEYS_HEADER + "clients:\n  - {name: a, key: 2024-01-01}\n", "$.clients[0].key"),
+        (b"\xc3\x28 not UTF-8", "not valid YAML"),
+        ("", "empty"),
+    ],
+    ids=["bad-yaml", "deep", "duplicate-key", "date-key", "not-utf8", "empty"],
+)
+def test_serve_with_a_malformed_client_keys_file_says_what_is_wrong_in_one_line(
+        tmp_path: Path, capsys, monkeypatch, content: str | bytes, expected: str):
+    """The mounted client-keys Secret is malformed: the pod exits with one line naming the file
+    and what is wrong (its log, in the crash loop), never a traceback."""
+    keys = tmp_path / "clients.yaml"
+    keys.write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.setenv("KUBERAG_CLIENT_KEYS", str(keys))
+    monkeypatch.setenv("KUBERAG_REDIS_URL", "")
+    assert main(["serve", "--data-dir", str(tmp_path / "d"), "--port", "0"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"kuberag: {keys}: ") and expected in err, err
