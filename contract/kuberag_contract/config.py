@@ -244,22 +244,28 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _yaml_error(what: str, exc: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: where (line, column) and what is wrong."""
+def _yaml_error(what: str, exc: yaml.YAMLError, text: str | bytes, quote: bool) -> str:
+    """PyYAML's multi-line message as one line: where (line, column), what is wrong and, when
+    ``quote``, the line itself (never for a Secret: the line may hold a key)."""
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None)
     if problem is None:
         return f"{what} is not valid YAML: {' '.join(str(exc).split())}"
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     context = getattr(exc, "context", None)
-    return f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+    message = f"{what} is not valid YAML{where}: {problem}" + (f" ({context})" if context else "")
+    if quote and mark is not None:
+        lines = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).splitlines()
+        if mark.line < len(lines) and lines[mark.line].strip():
+            message += f": {lines[mark.line].strip()[:120]!r}"
+    return message
 
 
-def _load_yaml(text: str | bytes, what: str) -> object:
+def _load_yaml(text: str | bytes, what: str, quote: bool = True) -> object:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_error(what, exc)) from None
+        raise ConfigError(_yaml_error(what, exc, text, quote)) from None
     except RecursionError:
         raise ConfigError(f"{what} is nested too deeply (hundreds of levels; a {what} has a few)") from None
 
@@ -410,7 +416,7 @@ class ClientKeys(_Struct):
 
 def parse_client_keys(raw: str | bytes) -> ClientKeys:
     """The client-keys file (``kind: ClientKeys``). Raises ConfigError naming what is wrong."""
-    data = _require_header(_load_yaml(raw, "client-keys file"), CLIENT_KEYS_KIND, "client-keys file")
+    data = _require_header(_load_yaml(raw, "client-keys file", quote=False), CLIENT_KEYS_KIND, "client-keys file")
     try:
         return msgspec.convert(data, ClientKeys)
     except msgspec.ValidationError as exc:

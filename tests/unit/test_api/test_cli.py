@@ -99,3 +99,17 @@ def test_serve_with_a_malformed_client_keys_file_says_what_is_wrong_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"kuberag: {keys}: ") and expected in err, err
+
+
+def test_a_yaml_error_in_the_client_keys_file_never_quotes_the_file(tmp_path: Path):
+    """A config file's YAML error quotes the line (for the admin's /readyz detail); the client-keys
+    file is a Secret: its line may hold a key, which must not reach the pod's log."""
+    from kuberag_contract.config import ConfigError, parse_client_keys, parse_config_file
+
+    secret = "sk-live-0123456789abcdef"
+    with pytest.raises(ConfigError) as bad_keys:
+        parse_client_keys(KEYS_HEADER + f"clients:\n  - {{name: a, key: [{secret}}}\n")
+    assert "line 4" in str(bad_keys.value) and secret not in str(bad_keys.value)
+    with pytest.raises(ConfigError) as bad_config:
+        parse_config_file("apiVersion: kuberag.io/v1alpha1\nkind: ApiConfig\nrateLimit: {burst: [50}\n")
+    assert "line 3" in str(bad_config.value) and "rateLimit: {burst: [50}" in str(bad_config.value)
