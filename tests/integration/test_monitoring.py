@@ -104,7 +104,7 @@ def scenario(control_plane, tmp_path_factory):
         if prom is not None:
             prom.stop()
         # Leave nothing for later modules' operators (their metrics and events are global): delete
-        # the RagService while this operator runs (it releases kopf's finalizer), then its namespace.
+        # the RagService while this operator runs (it forgets it), then its namespace.
         with control_plane.api_client() as api:
             custom = client.CustomObjectsApi(api)
             custom.delete_namespaced_custom_object("kuberag.io", "v1alpha1", namespace, "ragservices", "docs-qa")
