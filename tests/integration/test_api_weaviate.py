@@ -17,7 +17,7 @@ import pytest
 
 from tests.fixtures.api_app import write_corpus
 from tests.fixtures.api_process import start_serve, stop_serve
-from tests.fixtures.redis_server import free_port
+from tests.fixtures.redis_server import RedisServer, free_port
 from tests.fixtures.weaviate_server import WeaviateServer
 
 pytestmark = pytest.mark.integration
@@ -64,23 +64,31 @@ def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
     pytest.fail(f"condition not met within {timeout} s")
 
 
-@pytest.fixture
-def replicas(tmp_path: Path, weaviate: WeaviateServer, redis_server_factory):
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, weaviate: WeaviateServer):
+    """Two replicas (each with its Redis sidecar) of one RagService, indexed by the Job's command.
+    Shared by this module's tests, in file order."""
+    tmp_path = tmp_path_factory.mktemp("replicas")
     env = service_env(tmp_path, weaviate, f"qa-{uuid.uuid4().hex[:6]}")
     indexed = run_ingest(env, "--sync", str(tmp_path / "corpus"), "--revision", "r1")
     assert indexed.returncode == 0, indexed.stderr + indexed.stdout
-    procs = []
-    bases = []
-    for i in range(2):
-        port = free_port()
-        pod_env = {**os.environ, **env, "KUBERAG_PORT": str(port), "KUBERAG_REDIS_URL": redis_server_factory().url,
-                   "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
-        proc, base = start_serve(pod_env, port, tmp_path / f"serve{i}.log"), f"http://127.0.0.1:{port}"
-        procs.append(proc)
-        bases.append(base)
-    yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed}
-    for proc in procs:
-        stop_serve(proc)
+    procs, bases, sidecars = [], [], []
+    try:
+        for i in range(2):
+            sidecar = RedisServer(tmp_path / f"redis{i}")
+            sidecar.start()
+            sidecars.append(sidecar)
+            port = free_port()
+            pod_env = {**os.environ, **env, "KUBERAG_PORT": str(port), "KUBERAG_REDIS_URL": sidecar.url,
+                       "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
+            procs.append(start_serve(pod_env, port, tmp_path / f"serve{i}.log"))
+            bases.append(f"http://127.0.0.1:{port}")
+        yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed}
+    finally:
+        for proc in procs:
+            stop_serve(proc)
+        for sidecar in sidecars:
+            sidecar.stop()
 
 
 def test_the_indexing_command_logs_progress_and_a_summary(replicas):
