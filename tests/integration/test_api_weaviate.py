@@ -83,7 +83,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, weaviate: WeaviateServer)
                        "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
             procs.append(start_serve(pod_env, port, tmp_path / f"serve{i}.log"))
             bases.append(f"http://127.0.0.1:{port}")
-        yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed}
+        yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed, "corpus": tmp_path / "corpus"}
     finally:
         for proc in procs:
             stop_serve(proc)
@@ -138,6 +138,124 @@ def test_readyz_shows_the_store(replicas):
     assert ready["status"] == "ready" and store["status"] == "up" and store["type"] == "weaviate"
     assert store["collection"].startswith("Kuberag_tests_qa_") and store["documents"] == 4
     assert store["revision"] == "r1" and store["last_poll_seconds_ago"] < 5
+
+
+NEW_QUESTION = "What is the amber lighthouse keeper called?"
+GONE_QUESTION = "How hot should green tea water be?"
+
+
+def _answer_version(question: str, body: dict) -> str:
+    """Which corpus version answered: "old" (before the re-index) or "new"."""
+    sources = {s["source"] for s in body["sources"]}
+    if question == NEW_QUESTION:
+        return "new" if "Ottoline" in body["answer"] or any("lighthouse" in s for s in sources) else "old"
+    return "old" if "tea.txt" in sources else "new"
+
+
+# Two indexing commands (each loads the model) and the old version's 15 s grace, on a loaded machine.
+@pytest.mark.timeout(900)
+def test_a_reindex_switches_both_replicas_only_when_complete_and_no_stale_answer(replicas, weaviate):
+    """Queries during a two-shard rebuild keep answering from the complete old index; once the last
+    shard switches the pointer, both replicas answer from the new version within the bound, and an
+    answer cached before the switch is never served after it."""
+    from kuberag_api.rag.weaviate_store import shard_of
+
+    a, b, corpus, env = replicas["a"], replicas["b"], replicas["corpus"], replicas["env"]
+    # The new page goes to shard 0 (written first): after shard 0 it is in the build, not served.
+    new_page = next(n for n in (f"lighthouse{i}.md" for i in range(20)) if shard_of(n, 2) == 0)
+    for base in (a, b):
+        for q in (NEW_QUESTION, GONE_QUESTION):
+            assert _answer_version(q, ask(base, q).json()) == "old"
+            assert ask(base, q).json()["cache_level"] == "l1"  # cached before the re-index
+    before = checks(a)["store"]["collection"]
+
+    # (started, finished, replica, question, cached path?, status, version); t_switch when seen.
+    outcomes: list[tuple[float, float, str, str, bool, int, str]] = []
+    switch: dict[str, float] = {}
+    stop = threading.Event()
+
+    def load(base: str) -> None:
+        while not stop.is_set():
+            for q in (NEW_QUESTION, GONE_QUESTION):
+                for cached in (True, False):
+                    started = time.monotonic()
+                    try:
+                        r = ask(base, q, **({} if cached else {"Cache-Control": "no-cache"}))
+                        version = _answer_version(q, r.json()) if r.status_code == 200 else "-"
+                        outcomes.append((started, time.monotonic(), base, q, cached, r.status_code, version))
+                    except httpx.HTTPError as exc:
+                        outcomes.append((started, time.monotonic(), base, q, cached, -1, str(exc)))
+
+    def watch_pointer() -> None:
+        # The index in service, read straight from Weaviate's metadata collection (what the last
+        # shard's switch writes): "old_seen" is when a read that still found the old version
+        # started, "at" when the first read that found the new one ended; the switch lies between.
+        import weaviate as weaviate_client
+        from weaviate.classes.init import Auth
+        from weaviate.classes.query import Filter
+
+        client = weaviate_client.connect_to_local(host="127.0.0.1", port=weaviate.http_port,
+                                                  grpc_port=weaviate.grpc_port,
+                                                  auth_credentials=Auth.api_key(weaviate.api_key))
+        try:
+            where = (Filter.by_property("kind").equal("pointer")
+                     & Filter.by_property("service").equal(f"tests/{env['KUBERAG_SERVICE_NAME']}"))
+            while not stop.is_set():
+                started = time.monotonic()
+                objects = client.collections.use("KuberagMeta").query.fetch_objects(
+                    filters=where, return_properties=["collection"]).objects
+                if objects and objects[0].properties["collection"] != before:
+                    switch["at"] = time.monotonic()
+                    return
+                switch["old_seen"] = started
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=load, args=(base,)) for base in (a, b)]
+    threads.append(threading.Thread(target=watch_pointer))
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        (corpus / new_page).write_text("# Lighthouse\n\nThe amber lighthouse keeper is called Ottoline Vance.\n")
+        (corpus / "tea.txt").unlink()
+        build = ["--sync", str(corpus), "--shards", "2", "--build-id", "breindex", "--revision", "r2"]
+        first = run_ingest(env, *build, "--shard", "0")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"added {new_page}" in first.stdout
+        after_first_shard = time.monotonic()
+        time.sleep(2)  # several polls: one shard done must not switch anything
+        assert "at" not in switch and checks(b)["store"]["collection"] == before
+        last = run_ingest(env, *build, "--shard", "1")  # switches, then drops the old version 15 s later
+        assert last.returncode == 0, last.stdout + last.stderr
+        assert "at" in switch, "the last shard did not switch the index"
+        wait_until(lambda: time.monotonic() - switch["at"] > STALENESS_BOUND_SECONDS + 1, 10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    t_switch = switch["at"]
+    failed = [o for o in outcomes if o[5] != 200]
+    assert not failed, f"{len(failed)} of {len(outcomes)} requests failed during the re-index: {failed[:5]}"
+    early = [o for o in outcomes if o[1] < switch["old_seen"]]  # answered before the switch was written
+    late = [o for o in outcomes if o[0] > t_switch + STALENESS_BOUND_SECONDS]
+    assert any(o[0] > after_first_shard for o in early), "no query ran between the shards"
+    assert early and all(o[6] == "old" for o in early), [o for o in early if o[6] != "old"][:5]
+    for base in (a, b):
+        for q in (NEW_QUESTION, GONE_QUESTION):
+            for cached in (True, False):
+                mine = [o for o in late if o[2] == base and o[3] == q and o[4] == cached]
+                assert mine, f"no request of {q!r} (cached path {cached}) on {base} after the switch"
+                stale = [o for o in mine if o[6] != "new"]
+                assert not stale, (f"{base} answered {q!r} from the old version {stale[0][0] - t_switch:.2f}s "
+                                   f"after the switch (cached path {cached})")
+    seen_new = {base: min(o[1] for o in outcomes if o[2] == base and o[6] == "new") - t_switch for base in (a, b)}
+    print(f"re-index: {len(outcomes)} requests, all 200; first new answer after the switch: "
+          + ", ".join(f"{s:.2f}s" for s in seen_new.values()))
+    for base in (a, b):
+        store = checks(base)["store"]
+        assert store["revision"] == "r2" and store["collection"] != before and store["collection"].endswith("breindex")
 
 
 def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: WeaviateServer):
