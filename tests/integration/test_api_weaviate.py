@@ -51,7 +51,7 @@ def ask(base: str, question: str, **headers: str) -> httpx.Response:
 
 def checks(base: str) -> dict:
     """Every /readyz check (the detail needs the admin key)."""
-    return httpx.get(base + "/readyz", headers={"X-API-Key": ADMIN}).json()["checks"]
+    return httpx.get(base + "/readyz", headers={"X-API-Key": ADMIN}, timeout=30).json()["checks"]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> float:
@@ -264,13 +264,14 @@ def test_not_ready_until_a_first_index_exists(tmp_path: Path, weaviate: Weaviate
            "KUBERAG_REDIS_URL": "", "KUBERAG_DATA_DIR": str(tmp_path / "data")}
     proc, base = start_serve(env, port, tmp_path / "serve.log", ready=False), f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: "no index yet" in checks(base)["index"]["status"], 30)
+        # A replica connects to Weaviate in the background after it starts listening (slow at load 10+).
+        wait_until(lambda: "no index yet" in checks(base)["index"]["status"], 180)
         r = httpx.get(base + "/readyz")
         assert r.status_code == 503 and "no index yet" in r.json()["reasons"][0]
         q = ask(base, "anything?")
         assert q.status_code == 503 and "Retry-After" in q.headers
         assert run_ingest(env, "--sync", str(tmp_path / "corpus")).returncode == 0
-        wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, 30)
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=30).status_code == 200, 60)
         assert "6379" in ask(base, "Which port does the Redis sidecar listen on?").json()["answer"]
     finally:
         stop_serve(proc)
