@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hit-path-only", action="store_true",
                         help="only the hit path against a bare Litestar route (bench/results/hitpath.json; a full run writes it too)")
     parser.add_argument("--sizes", default="1000,10000", help="index sizes in chunks (comma separated)")
+    parser.add_argument("--skip-weaviate", action="store_true",
+                        help="skip the shared store (Weaviate): cold queries at 10k/100k, ingestion, replica start")
+    parser.add_argument("--weaviate-only", action="store_true", help="only the shared-store benchmark")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
     parser.add_argument("--speed-runs", type=int, default=3,
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     duration = 2.0 if args.quick else args.duration
     repeats = 1 if args.quick else args.repeats
+    if args.weaviate_only:
+        args.skip_http = args.skip_retrieval = True
     if not args.skip_http:
         print("HTTP benchmark")
         results["http"] = http.run(sizes=sizes, duration=duration, repeats=repeats)
@@ -110,9 +115,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {model}: question embed p50 {r['query_embed_ms_p50']} ms ({r['query_embed_cpu_ms']} CPU-ms), "
                   f"ingestion {r['chunks_per_s']} chunks/s ({r['chunks_per_cpu_s']} per CPU-second) "
                   f"(medians of {results['embedding_speed']['runs']} rounds)")
+    if not args.skip_weaviate:
+        from bench import weaviate
+
+        started_load = [round(x, 2) for x in os.getloadavg()]
+        results["weaviate"] = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                               "load_average_at_start": started_load,
+                               **weaviate.run(duration=duration, repeats=repeats,
+                                              sizes=(10_000,) if args.quick else (10_000, 100_000))}
+        results["weaviate"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = RESULTS / "bench.json"
-    if args.skip_http and out.exists():
+    if args.weaviate_only and out.exists():
+        # Only the shared-store section (it carries its own time and load): the rest is the last run's.
+        results = {**json.loads(out.read_text()), "weaviate": results["weaviate"]}
+    elif args.skip_http and out.exists():
         # A partial run updates its sections and keeps the last full run's HTTP numbers.
         results = {**json.loads(out.read_text()), **results}
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")

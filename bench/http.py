@@ -30,7 +30,18 @@ import time
 from pathlib import Path
 
 import httpx
-from kuberag_contract.config import ApiConfig, Cache, L1Cache, L2Cache, L3Cache, RateLimit, render_config
+from kuberag_contract.config import (
+    ApiConfig,
+    Cache,
+    Corpus,
+    L1Cache,
+    L2Cache,
+    L3Cache,
+    Providers,
+    RateLimit,
+    VectorStore,
+    render_config,
+)
 
 from bench.corpora import build_index, index_info, sample_questions
 
@@ -39,12 +50,15 @@ CACHE = ROOT / ".bench-cache"
 
 
 
-def _config(l1_entries: int = 10_000, l2: bool = True, l3: bool = True, threshold: float = 0.95) -> str:
+def _config(l1_entries: int = 10_000, l2: bool = True, l3: bool = True, threshold: float = 0.95,
+            vector_store: VectorStore | None = None, corpus: Path | None = None) -> str:
     # Complete files, as the operator writes them: a file that leaves out a setting is refused.
     return render_config(ApiConfig(
         rate_limit=RateLimit(requests_per_minute=1_000_000, burst=1_000_000),
         cache=Cache(l1=L1Cache(max_entries=l1_entries), l2=L2Cache(enabled=l2),
-                    l3=L3Cache(enabled=l3, threshold=threshold))))
+                    l3=L3Cache(enabled=l3, threshold=threshold)),
+        providers=Providers(vector_store=vector_store),
+        corpus=Corpus(path=str(corpus) if corpus else None)))
 
 
 CONFIGS = {
@@ -103,11 +117,18 @@ class Redis:
 class Server:
     """``kuberag serve`` over a prebuilt index; its config file can be swapped while it runs."""
 
-    def __init__(self, index_dir: Path, redis_url: str, workdir: Path, access_log: str = "notable") -> None:
+    def __init__(self, index_dir: Path, redis_url: str, workdir: Path, access_log: str = "notable",
+                 vector_store: VectorStore | None = None, corpus: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``vector_store``: query that shared store (its index built beforehand) instead of
+        ``index_dir``; ``corpus``: index that directory at start (as a new pod does)."""
         self.port, self.metrics_port = free_port(), free_port()
         self.config = workdir / "config.yaml"
-        self.config.write_text(CONFIGS["default"])
-        env = {**os.environ, "KUBERAG_PORT": str(self.port), "KUBERAG_METRICS_PORT": str(self.metrics_port),
+        self.configs = CONFIGS if vector_store is None and corpus is None else {
+            "default": _config(vector_store=vector_store, corpus=corpus)}
+        self.config.write_text(self.configs["default"])
+        self.started = time.monotonic()
+        env = {**os.environ, **(env or {}), "KUBERAG_PORT": str(self.port), "KUBERAG_METRICS_PORT": str(self.metrics_port),
                "KUBERAG_HOST": "127.0.0.1", "KUBERAG_REDIS_URL": redis_url, "KUBERAG_DATA_DIR": str(index_dir),
                "KUBERAG_CONFIG": str(self.config), "KUBERAG_CONFIG_POLL_SECONDS": "0.2",
                "KUBERAG_ACCESS_LOG": access_log, "KUBERAG_LOG_LEVEL": "WARNING",
@@ -123,6 +144,7 @@ class Server:
                 raise SystemExit(f"bench: kuberag serve exited: {(workdir / 'server.log').read_text()[-2000:]}")
             try:
                 if self.client.get("/readyz").status_code == 200:
+                    self.ready_seconds = time.monotonic() - self.started
                     return
             except httpx.HTTPError:
                 pass
@@ -130,10 +152,10 @@ class Server:
         raise SystemExit("bench: kuberag serve did not become ready in 300 s")
 
     def use_config(self, name: str) -> None:
-        if self.config.read_text() == CONFIGS[name]:
+        if self.config.read_text() == self.configs[name]:
             return
         before = self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"]
-        self.config.write_text(CONFIGS[name])
+        self.config.write_text(self.configs[name])
         deadline = time.monotonic() + 10
         while self.client.get("/readyz", headers=ADMIN).json()["checks"]["config"]["hash"] == before:
             if time.monotonic() > deadline:
