@@ -81,8 +81,15 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, weaviate: WeaviateServer)
             port = free_port()
             pod_env = {**os.environ, **env, "KUBERAG_PORT": str(port), "KUBERAG_REDIS_URL": sidecar.url,
                        "KUBERAG_DATA_DIR": str(tmp_path / f"data{i}")}
-            procs.append(start_serve(pod_env, port, tmp_path / f"serve{i}.log"))
+            # Both start at once; each loads the model and connects in the background (minutes at load 20+).
+            procs.append(start_serve(pod_env, port, tmp_path / f"serve{i}.log", ready=False, ready_within=240))
             bases.append(f"http://127.0.0.1:{port}")
+        for base, log in zip(bases, ("serve0.log", "serve1.log"), strict=True):
+            try:
+                wait_until(lambda b=base: httpx.get(b + "/readyz", timeout=30).status_code == 200, 300, interval=0.2)
+            except BaseException:
+                print((tmp_path / log).read_text()[-3000:])
+                raise
         yield {"a": bases[0], "b": bases[1], "env": env, "indexed": indexed, "corpus": tmp_path / "corpus"}
     finally:
         for proc in procs:
@@ -91,6 +98,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, weaviate: WeaviateServer)
             sidecar.stop()
 
 
+# The first test of the module also pays for the replicas' start (the module fixture).
+@pytest.mark.timeout(900)
 def test_the_indexing_command_logs_progress_and_a_summary(replicas):
     out = replicas["indexed"].stdout
     assert "indexing into Weaviate" in out and "tests/qa-" in out

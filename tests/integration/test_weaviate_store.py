@@ -5,6 +5,7 @@ outage with recovery. Each test uses its own RagService name, so they share one 
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from kuberag_api.rag.weaviate_store import (
 from kuberag_contract.config import Retrieval, VectorStore, VectorStoreTimeouts
 
 from tests.fixtures.api_app import write_corpus
+from tests.fixtures.redis_server import free_port
 from tests.fixtures.weaviate_server import WeaviateServer
 
 pytestmark = pytest.mark.integration
@@ -124,6 +126,54 @@ def test_api_key_is_required_and_used(weaviate, service_name, embedder):
             bad.refresh()
     finally:
         bad.close()
+
+
+def test_connecting_does_not_ask_pypi(weaviate, service_name, embedder, monkeypatch):
+    """weaviate-client's init checks GET pypi.org for its latest version on every connect: a replica
+    must not (many clusters have no egress: it waited out the init timeout; pods should not call the
+    internet). HTTPS requests of this process go to a local proxy that records their targets."""
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    targets: list[str] = []
+
+    def record() -> None:
+        while True:
+            try:
+                conn, _ = proxy.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    targets.append(conn.recv(500).split(b"\r\n")[0].decode(errors="replace"))
+                except OSError as exc:
+                    targets.append(repr(exc))
+
+    threading.Thread(target=record, daemon=True).start()
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    for var in ("NO_PROXY", "no_proxy"):  # Weaviate itself (gRPC honours these variables too)
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    store = make_store(weaviate, service_name, embedder)
+    try:
+        assert "no index yet" in store.status()["status"]
+        time.sleep(0.5)
+        assert not [t for t in targets if "pypi" in t], targets
+    finally:
+        store.close()
+        proxy.close()
+
+
+def test_an_unusable_grpc_port_fails_the_connect_with_the_reason(weaviate, service_name, embedder):
+    config = VectorStore(url=weaviate.url, grpc_port=free_port(),
+                         timeouts=VectorStoreTimeouts(init_seconds=3, query_seconds=3, insert_seconds=10))
+    store = WeaviateStore(config, ServiceRef("tests", service_name), Retrieval(), embedder, api_key=weaviate.api_key)
+    try:
+        with pytest.raises(VectorStoreUnavailable, match="gRPC"):
+            store.connect()
+    finally:
+        store.close()
 
 
 def test_ingest_replace_delete_with_deterministic_ids(store: WeaviateStore):

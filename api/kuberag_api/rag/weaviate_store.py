@@ -315,6 +315,11 @@ class WeaviateStore:
                     http_host=self._http_host, http_port=self._http_port, http_secure=self._http_secure,
                     grpc_host=self._grpc_host, grpc_port=self.config.grpc_port, grpc_secure=self._grpc_secure,
                     auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
+                    # The client's init checks also GET pypi.org for its latest version on every
+                    # connect (a pod without egress waits out the init timeout for it, and replicas
+                    # should not call the internet): skipped; the server's version is still checked
+                    # and gRPC is checked below with one read.
+                    skip_init_checks=True,
                     additional_config=AdditionalConfig(
                         timeout=Timeout(init=t.init_seconds, query=t.query_seconds, insert=t.insert_seconds),
                         # gRPC's default reconnect backoff grows to two minutes: recover within a second.
@@ -331,6 +336,15 @@ class WeaviateStore:
             except Exception as exc:
                 client.close()
                 raise VectorStoreUnavailable(f"cannot create the {META_COLLECTION} collection: {exc}") from None
+            grpc_check = self._io.submit(
+                lambda: client.collections.use(META_COLLECTION).query.fetch_objects(limit=1))
+            try:
+                grpc_check.result(timeout=t.init_seconds)
+            except Exception as exc:
+                client.close()
+                reason = "no answer" if isinstance(exc, FutureTimeout) else str(exc)[:300]
+                raise VectorStoreUnavailable(f"Weaviate's gRPC API at {self._grpc_host}:{self.config.grpc_port} "
+                                             f"is not usable: {reason}") from None
             self._client = client
             return client
 
