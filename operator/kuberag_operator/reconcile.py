@@ -33,7 +33,7 @@ from kuberag_operator.children import (
 from kuberag_operator.crd import defaulted_spec
 from kuberag_operator.drift import foreign_fields, matches, project, protected_view, take_foreign_fields
 from kuberag_operator.health import DependencyHealth
-from kuberag_operator.indexing import plan_indexing
+from kuberag_operator.indexing import plan_indexing, uses_shared_store
 from kuberag_operator.kube import FIELD_MANAGER, Cluster
 from kuberag_operator.names import child_name
 from kuberag_operator.status import (
@@ -258,7 +258,10 @@ def _reconcile(cluster: Cluster, rs: dict, *, full: bool, health: DependencyHeal
     if uses_autoscaling(spec):
         deployment = cluster.current("apps/v1", "Deployment", namespace, name)
         current_replicas = ((deployment or {}).get("spec") or {}).get("replicas")
-    indexing = plan_indexing(cluster.current("batch/v1", "Job", namespace, child_name(name, "index")), spec, status)
+    # Without a shared store there is no indexing Job to read (a lookup of a missing child is a
+    # request on every pass: 2-3 per RagService in the operator bench).
+    job = cluster.current("batch/v1", "Job", namespace, child_name(name, "index")) if uses_shared_store(spec) else None
+    indexing = plan_indexing(job, spec, status)
     try:
         children = desired_children(rs, current_replicas=current_replicas, index_build=indexing.build,
                                     served=indexing.served)

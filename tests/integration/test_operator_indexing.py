@@ -186,7 +186,9 @@ def test_a_new_embedding_model_is_indexed_aside_and_served_only_when_complete(ku
     release_jobs(kube)
     kube.wait(lambda: served_model() == "all-MiniLM-L6-v2", "the pods to switch to the new model",
               timeout=INDEX_TIMEOUT)
-    assert kube.deployment("model").spec.template.metadata.annotations[ANNOTATION_STATIC_CONFIG_HASH] != template_hash
+    # The same pass applies the Deployment right after the ConfigMap: wait for it, not assume it.
+    kube.wait(lambda: kube.deployment("model").spec.template.metadata.annotations[ANNOTATION_STATIC_CONFIG_HASH]
+              != template_hash, "the pod template to roll to the new model's config")
     assert kube.condition("model", "Indexed")["status"] == "True"
 
 
