@@ -189,7 +189,8 @@ def test_a_reindex_switches_both_replicas_only_when_complete_and_no_stale_answer
                 for cached in (True, False):
                     started = time.monotonic()
                     try:
-                        r = ask(base, q, **({} if cached else {"Cache-Control": "no-cache"}))
+                        # no-store too: a fresh answer must not refresh the cache the cached path checks.
+                        r = ask(base, q, **({} if cached else {"Cache-Control": "no-cache, no-store"}))
                         version = _answer_version(q, r.json()) if r.status_code == 200 else "-"
                         outcomes.append((started, time.monotonic(), base, q, cached, r.status_code, version))
                     except httpx.HTTPError as exc:
