@@ -399,6 +399,9 @@ def ort_session(model, threads: int | None = None):
     """An ONNX Runtime CPU session for ``model`` (an onnx ModelProto or its serialised bytes)."""
     import onnxruntime as ort
 
+    # A pod must not phone home: a proxy-recording test once saw this process CONNECT to
+    # ORT's telemetry host (mobile.events.data.microsoft.com); ORT's documented switch turns it off.
+    ort.disable_telemetry_events()
     payload = model if isinstance(model, bytes) else model.SerializeToString()
     del model  # the weights; ORT makes its own copy from the payload
     options = ort.SessionOptions()
