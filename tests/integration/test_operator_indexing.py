@@ -189,7 +189,10 @@ def test_a_new_embedding_model_is_indexed_aside_and_served_only_when_complete(ku
     # The same pass applies the Deployment right after the ConfigMap: wait for it, not assume it.
     kube.wait(lambda: kube.deployment("model").spec.template.metadata.annotations[ANNOTATION_STATIC_CONFIG_HASH]
               != template_hash, "the pod template to roll to the new model's config")
-    assert kube.condition("model", "Indexed")["status"] == "True"
+    # Status is written after the children, in a status refresh of its own (the work queue
+    # gathers a burst of events into one write): the condition follows within a moment.
+    kube.wait(lambda: (kube.condition("model", "Indexed") or {}).get("status") == "True",
+              "Indexed=True for the new model's complete index")
 
 
 def _git(*args: str, cwd: Path) -> str:
