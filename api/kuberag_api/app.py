@@ -27,6 +27,7 @@ from kuberag_api.cache.redis_tier import RedisCache, connect
 from kuberag_api.cache.tiers import AnswerCache
 from kuberag_api.circuit_breaker import CircuitBreaker
 from kuberag_api.controllers import AdminController, HealthController, QueryController
+from kuberag_api.hit_path import L1FrontDoor
 from kuberag_api.identity import ClientKeyStore, IdentityResolver
 from kuberag_api.live_config import LiveConfig, watch_files
 from kuberag_api.log_format import request_id_var
@@ -289,6 +290,7 @@ def create_app(
 
         return Provide(provider, use_cache=True, sync_to_thread=False)
 
+    gate = IdentityMiddleware(resolver, limiter, metrics)
     app = Litestar(
         route_handlers=[HealthController, QueryController, OpenAIController, AdminController],
         state=state,
@@ -298,7 +300,7 @@ def create_app(
             "metrics": _from_state("metrics"),
             "readiness": _from_state("readiness"),
         },
-        middleware=[IdentityMiddleware(resolver, limiter, metrics)],
+        middleware=[gate],
         # The plugin renders ProblemDetailsException; other HTTP errors get our handler, which
         # can see the request (to name the field, the limit, and add the request id).
         plugins=[ProblemDetailsPlugin()],
@@ -339,6 +341,7 @@ def create_app(
     document_streaming(app.openapi_schema)
     fix_options_allow(app)
     # Around routing, so 404/405 answers get the request id and are counted (see RequestContext).
-    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log, shutdown)
+    app.asgi_handler = RequestContext(app.asgi_handler, metrics, settings.server.access_log, shutdown,
+                                      L1FrontDoor(query_service, gate))
     return app
 

@@ -81,11 +81,14 @@ class RequestContext:
 
     SLOW_SECONDS = 0.25
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str, shutdown: GracefulShutdown) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_mode: str, shutdown: GracefulShutdown,
+                 front_door: Any = None) -> None:
+        """``front_door``: answers ``POST /query`` from L1 before routing (``hit_path.L1FrontDoor``)."""
         self.app = app
         self.metrics = metrics
         self.access_log_mode = access_log_mode
         self.shutdown = shutdown
+        self.front_door = front_door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,6 +112,7 @@ class RequestContext:
 
         shutdown = self.shutdown
         task = asyncio.current_task()
+        route = None
         try:
             if shutdown.draining and scope["path"] != "/healthz":
                 await send_problem(send_with_id, 503, "Service Unavailable",
@@ -117,6 +121,12 @@ class RequestContext:
                 return
             shutdown.track(task)
             try:
+                if self.front_door is not None and scope["path"] == "/query" and scope["method"] == "POST":
+                    passed_on = await self.front_door(scope, receive, send_with_id)
+                    if passed_on is None:
+                        route = "/query"
+                        return
+                    receive = passed_on
                 await self.app(scope, receive, send_with_id)
             except asyncio.CancelledError:
                 if not shutdown.expired:
@@ -132,7 +142,7 @@ class RequestContext:
                 shutdown.untrack(task)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_label(scope)
+            route = route or _route_label(scope)
             self.metrics.observe_request(route, scope["method"], status, elapsed)
             mode = self.access_log_mode
             if mode == "all" or (mode == "notable" and (status >= 400 or elapsed >= self.SLOW_SECONDS)):
@@ -160,7 +170,9 @@ class IdentityMiddleware(ASGIMiddleware):
         path = scope["path"]
         return path in UNLIMITED_PATHS or path.startswith("/schema")
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def identify(self, scope: Scope, send: Send) -> ClientIdentity | None:
+        """The caller's identity, left in the scope state for the handlers; None when it was refused
+        (a 401 was sent)."""
         try:
             identity = self.resolver.resolve(scope)
         except UnknownClientKey:
@@ -175,28 +187,17 @@ class IdentityMiddleware(ASGIMiddleware):
                                    "unknown API key: the key in X-API-Key (or Authorization: Bearer) is not one of "
                                    "this service's client keys; send a valid key, or none to be limited by IP address",
                                    {"WWW-Authenticate": 'Bearer realm="kuberag"'}, scope=scope)
-                return
+                return None
         scope.setdefault("state", {})[IDENTITY_STATE_KEY] = identity
-        cfg = self.limiter.live.config.rate_limit
-        if not cfg.enabled:
-            await next_app(scope, receive, send)
-            return
-        user_id = None
-        if cfg.per_user is not None and scope["method"] == "POST" and scope["path"] in QUERY_PATHS:
-            # Litestar keeps the body in the connection state: the handler reads it again from there.
-            request: Request = Request(scope, receive)
-            try:
-                body = await request.body()
-            except RequestEntityTooLarge:
-                limit = request.route_handler.resolve_request_max_body_size()
-                await send_problem(send, 413, "Content Too Large",
-                                   f"the request body is larger than this route accepts ({limit} bytes)")
-                return
-            user_id = user_id_of(body)
+        return identity
+
+    async def limit(self, scope: Scope, send: Send, identity: ClientIdentity,
+                    user_id: str | None) -> list[tuple[bytes, bytes]] | None:
+        """The caller's rate limit: the headers the response carries (none when limiting is off),
+        or None when the request was refused (a 429 was sent)."""
         decision = await self.limiter.check(identity, user_id)
         if decision is None:
-            await next_app(scope, receive, send)
-            return
+            return []
         if decision.degraded:
             self.metrics.limiter_fallbacks.inc()
             scope["state"]["limiter_degraded"] = True
@@ -209,8 +210,39 @@ class IdentityMiddleware(ASGIMiddleware):
                 f"with a burst of {decision.limit}; retry after {headers['Retry-After']} s",
                 headers, scope=scope, limit=decision.limit, retry_after_seconds=int(headers["Retry-After"]),
             )
+            return None
+        return [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+
+    def wants_user_id(self, scope: Scope) -> bool:
+        """Whether this request's limit needs the body's user_id (a ``perUser`` bucket)."""
+        cfg = self.limiter.live.config.rate_limit
+        return cfg.enabled and cfg.per_user is not None and scope["method"] == "POST" and scope["path"] in QUERY_PATHS
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        identity = await self.identify(scope, send)
+        if identity is None:
             return
-        extra = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
+        if not self.limiter.live.config.rate_limit.enabled:
+            await next_app(scope, receive, send)
+            return
+        user_id = None
+        if self.wants_user_id(scope):
+            # Litestar keeps the body in the connection state: the handler reads it again from there.
+            request: Request = Request(scope, receive)
+            try:
+                body = await request.body()
+            except RequestEntityTooLarge:
+                limit = request.route_handler.resolve_request_max_body_size()
+                await send_problem(send, 413, "Content Too Large",
+                                   f"the request body is larger than this route accepts ({limit} bytes)")
+                return
+            user_id = user_id_of(body)
+        extra = await self.limit(scope, send, identity, user_id)
+        if extra is None:
+            return
+        if not extra:
+            await next_app(scope, receive, send)
+            return
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":

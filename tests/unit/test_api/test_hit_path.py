@@ -1,12 +1,9 @@
-"""The L1 hit is answered before the handler (``answer_from_l1``): it must be the same response the
-handler builds, with every header, metric and rule of the full path."""
+"""The L1 hit is answered in front of Litestar's router (``hit_path.L1FrontDoor``): it must be the
+same response the handler builds, with every header, metric and rule of the full path."""
 
 from __future__ import annotations
 
 import pytest
-from kuberag_api.controllers import EncodedJSON
-from litestar import Litestar, Request, post
-from litestar.testing import AsyncTestClient
 
 pytestmark = pytest.mark.unit
 
@@ -74,14 +71,74 @@ async def test_an_l1_hit_while_the_index_is_not_ready_is_a_503(make_client):
             slot.engine = engine
 
 
-async def test_encoded_json_gives_way_to_headers_a_layer_adds():
-    """Should a layer (app/router ``response_headers``) add headers, they are not dropped."""
+def _sample(client, name: str, **labels: str) -> float:
+    return client.app.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
-    @post("/x", response_headers={"X-Layer": "kept"}, status_code=200)
-    async def handler(request: Request) -> EncodedJSON:
-        return EncodedJSON(b'{"a":1}')
 
-    async with AsyncTestClient(Litestar([handler])) as client:
-        r = await client.post("/x")
-        assert r.json() == {"a": 1} and r.headers["x-layer"] == "kept"
-        assert r.headers["content-type"] == "application/json"
+async def test_a_hit_is_limited_like_any_request(make_client):
+    async with make_client("rateLimit: {requestsPerMinute: 1, burst: 2}") as client:
+        assert (await client.post("/query", json={"question": QUESTION})).status_code == 200
+        hit = await client.post("/query", json={"question": QUESTION})
+        assert hit.json()["cache_level"] == "l1" and hit.headers["ratelimit-remaining"] == "0"
+        refused = await client.post("/query", json={"question": QUESTION}, headers={"X-Request-ID": "over-1"})
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-request-id"] == "over-1"
+        assert refused.json()["request_id"] == "over-1" and "IP" in refused.json()["detail"]
+        assert (await client.get("/metrics")).json()["rate_limited"] == 1
+        assert _sample(client, "kuberag_http_requests_total", route="/query", method="POST", status="429") == 1
+
+
+async def test_a_hit_is_charged_to_the_users_bucket_inside_its_callers(make_client):
+    config = "rateLimit: {requestsPerMinute: 600, burst: 100, perUser: {requestsPerMinute: 1, burst: 1}}"
+    async with make_client(config) as client:
+        assert (await client.post("/query", json={"question": QUESTION, "user_id": "a"})).status_code == 200
+        again = await client.post("/query", json={"question": QUESTION, "user_id": "a"})
+        assert again.status_code == 429 and "user_id 'a'" in again.json()["detail"]
+        other = await client.post("/query", json={"question": QUESTION, "user_id": "b"})
+        assert other.status_code == 200 and other.json()["cache_level"] == "l1"
+
+
+async def test_hits_are_counted_under_their_route(make_client):
+    async with make_client("rateLimit: {requestsPerMinute: 600, burst: 100}") as client:
+        for _ in range(3):
+            assert (await client.post("/query", json={"question": QUESTION})).status_code == 200
+        assert _sample(client, "kuberag_http_requests_total", route="/query", method="POST", status="200") == 3
+        assert _sample(client, "kuberag_http_request_duration_seconds_count", route="/query") == 3
+        assert _sample(client, "kuberag_cache_hits_total", level="l1") == 2
+
+
+async def _post_raw(app, body: bytes, chunks: int, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, bytes]:
+    """POST /query straight to the ASGI app, the body in ``chunks`` receive messages."""
+    size = -(-len(body) // chunks)
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/query", "raw_path": b"/query", "root_path": "", "query_string": b"",
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000), "headers": headers, "state": {}}
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, b"".join(
+        m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_bodies_in_pieces_or_without_a_length_get_the_same_answer(make_client):
+    import json
+
+    async with make_client("rateLimit: {requestsPerMinute: 600, burst: 100}") as client:
+        assert (await client.post("/query", json={"question": QUESTION})).status_code == 200
+        body = json.dumps({"question": QUESTION}).encode()
+        typed = [(b"content-type", b"application/json")]
+        length = [(b"content-length", str(len(body)).encode())]
+        for chunks, headers in ((3, typed + length), (1, typed), (2, typed + [(b"transfer-encoding", b"chunked")])):
+            status, headers_out, out = await _post_raw(client.app, body, chunks, headers)
+            assert status == 200, out
+            assert json.loads(out)["cache_level"] == "l1" and headers_out["x-request-id"]
