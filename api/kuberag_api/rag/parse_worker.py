@@ -93,11 +93,15 @@ class ParserProcess:
     def start(self) -> None:
         """Start the parser process now instead of at the first parse (no-op when it runs)."""
         with self._lock:
-            if self._stopped:
-                raise ParserStopped("the server is shutting down")
-            if self._proc is None or not self._proc.is_alive():
-                self._kill()
-                self._start()
+            self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        """(Re)start the parser process unless it runs (under the lock); refused once stopped."""
+        if self._stopped:
+            raise ParserStopped("the server is shutting down")
+        if self._proc is None or not self._proc.is_alive():
+            self._kill()
+            self._start()
 
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         # forkserver: children fork from a clean single-threaded server, not from this process
@@ -126,11 +130,7 @@ class ParserProcess:
         """Parse in the parser process (blocking: call it from a worker thread). Raises
         DocumentError / UnsupportedDocument / DocumentTooComplex, or ParserStopped."""
         with self._lock:
-            if self._stopped:
-                raise ParserStopped("the server is shutting down")
-            if self._proc is None or not self._proc.is_alive():
-                self._kill()
-                self._start()
+            self._ensure_running()
             assert self._conn is not None
             conn = self._conn
             try:
