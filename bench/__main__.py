@@ -51,6 +51,9 @@ def l3_lookup(entries: int = 100_000, dim: int = 384, lookups: int = 2000, log=p
     }
 
 
+SECTIONS = ("http", "l3_lookup", "retrieval", "embedding_speed", "weaviate")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="1k chunks only, short runs (a smoke test)")
@@ -126,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         results["weaviate"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = RESULTS / "bench.json"
-    if args.weaviate_only and out.exists():
-        # Only the shared-store section (it carries its own time and load): the rest is the last run's.
-        results = {**json.loads(out.read_text()), "weaviate": results["weaviate"]}
-    elif args.skip_http and out.exists():
-        # A partial run updates its sections and keeps the last full run's HTTP numbers.
-        results = {**json.loads(out.read_text()), **results}
+    if out.exists():
+        # A partial run updates its sections and keeps the others from the last run, named as such.
+        previous = json.loads(out.read_text())
+        kept = {k: previous[k] for k in SECTIONS if k in previous and k not in results}
+        if kept:
+            results = {**results, **kept, "sections_from_an_earlier_run": sorted(kept)}
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     if "http" in results:
         plot.make(results, RESULTS / "bench.png")

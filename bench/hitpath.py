@@ -69,6 +69,10 @@ def run(duration: float = 5.0, rounds: int = 3, n_chunks: int = 1000, log=print)
             size = len(hit.content)
             servers = {"kuberag": kuberag, "bare": Bare(size, limits=False), "bare_with_header_limits": Bare(size, True)}
             samples: dict[str, dict[str, list[float]]] = {k: {"p50_ms": [], "p99_ms": [], "rps_c32": []} for k in servers}
+            # Warm-up, not measured: a server just started still settles (in one run kuberag's
+            # first round at c=1 was 1.3-1.8x slower than its next two).
+            for server in servers.values():
+                wrk(server.base + "/query", [body(QUESTION)], connections=32, duration=min(duration, 3.0))
             for r in range(rounds):
                 for name, server in servers.items():
                     url = server.base + "/query"
