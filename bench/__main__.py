@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weaviate-only", action="store_true", help="only the shared-store benchmark")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per measurement (median reported)")
+    parser.add_argument("--hit-path-rounds", type=int, default=5,
+                        help="rounds of the hit-path comparison, every server once per round (median reported)")
     parser.add_argument("--speed-runs", type=int, default=3,
                         help="rounds of the embedding speed comparison (median reported)")
     args = parser.parse_args(argv)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # The hit path against its floor (issue 8's target), in every run that measures HTTP.
     if args.hit_path_only or not args.skip_http:
         print("hit path: kuberag's L1 hit against a bare Litestar route, side by side")
-        hit = hitpath.run(duration=2.0 if args.quick else args.duration, rounds=1 if args.quick else args.repeats,
+        hit = hitpath.run(duration=2.0 if args.quick else args.duration, rounds=1 if args.quick else args.hit_path_rounds,
                           n_chunks=100 if args.quick else 1000)
         hit["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         RESULTS.mkdir(parents=True, exist_ok=True)
