@@ -9,7 +9,6 @@ costs no request), prunes optional children that are no longer wanted and writes
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -198,9 +197,10 @@ def desired_hash(child: dict) -> str:
 
 
 def with_desired_hash(child: dict) -> dict:
-    stamped = copy.deepcopy(child)
-    stamped["metadata"].setdefault("annotations", {})[ANNOTATION_DESIRED_HASH] = desired_hash(child)
-    return stamped
+    """``child`` with its hash annotation (new top-level and metadata dicts: ``child`` is unchanged)."""
+    meta = child["metadata"]
+    annotations = {**(meta.get("annotations") or {}), ANNOTATION_DESIRED_HASH: desired_hash(child)}
+    return {**child, "metadata": {**meta, "annotations": annotations}}
 
 
 def _live_hash(live: dict | None) -> str | None:
@@ -279,7 +279,6 @@ def _reconcile(cluster: Cluster, rs: dict, *, full: bool, health: DependencyHeal
                                               "ServiceMonitor for the metrics port applied"))
         else:
             children = [c for c in children if c["kind"] != "ServiceMonitor"]
-            cluster.forget_resource("monitoring.coreos.com/v1", "ServiceMonitor")
             extra_conditions.append(Condition(
                 MONITORING, False, "ServiceMonitorCRDMissing",
                 "spec.monitoring.serviceMonitor.enabled is set but the ServiceMonitor CRD "
