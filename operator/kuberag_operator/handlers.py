@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 RESYNC_SECONDS = 300.0
 # How often the pods are asked for their dependency state (DependenciesReady).
 HEALTH_INTERVAL_SECONDS = float(os.environ.get("KUBERAG_OPERATOR_POD_HEALTH_SECONDS", "30"))
+HEALTH_DEFER_SECONDS = 1.0  # how often a read deferred behind new RagServices looks again
 # Passes run concurrently: each mostly waits on the API server.
 WORKERS = int(os.environ.get("KUBERAG_OPERATOR_WORKERS", "8"))
 STATUS_DELAY_SECONDS = 1.0
@@ -326,14 +327,25 @@ def _describe(outcome: Outcome) -> str:
 def _tick() -> None:
     next_health = time.monotonic() + HEALTH_INTERVAL_SECONDS / 3
     next_resync = time.monotonic() + RESYNC_SECONDS
+    health_due: float | None = None  # when the deferred read was due
     while not _stop.wait(max(0.0, min(next_health, next_resync) - time.monotonic())):
         try:
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + RESYNC_SECONDS
                 for key in cluster().ragservices.keys():
                     _enqueue(key, ROUTINE, full=True)
-            if time.monotonic() >= next_health:
+            now = time.monotonic()
+            if now >= next_health:
+                due = next_health if health_due is None else health_due
+                if _queue.urgent_waiting() and now < due + HEALTH_INTERVAL_SECONDS:
+                    # New RagServices first: the read, and the passes it queues for every
+                    # RagService, wait until none waits for its first pass (one interval at most),
+                    # as the work queue serves new RagServices before routine passes.
+                    health_due = due
+                    next_health = now + HEALTH_DEFER_SECONDS
+                    continue
                 _refresh_health()
+                health_due = None
                 next_health = time.monotonic() + HEALTH_INTERVAL_SECONDS
         except Exception:  # never let the ticker die; the next round tries again
             logger.exception("the periodic pod-health read or resync failed")

@@ -121,6 +121,11 @@ class WorkQueue:
         with self._cond:
             return len(self._queued) + len(self._due.keys() - self._queued.keys())
 
+    def urgent_waiting(self) -> int:
+        """Keys waiting in the ``URGENT`` lane (new RagServices, new specs), not yet processed."""
+        with self._cond:
+            return sum(1 for lane in self._queued.values() if lane == URGENT)
+
     def shutdown(self) -> None:
         with self._cond:
             self._shutdown = True

@@ -44,6 +44,23 @@ def test_urgent_work_overtakes_routine_work_and_a_key_moves_up():
     assert _drain(q) == [("new", URGENT), ("resume-3", URGENT), ("resume-1", ROUTINE), ("resume-2", ROUTINE)]
 
 
+def test_urgent_waiting_counts_new_work_not_yet_taken():
+    """The pod-health read waits while this is not 0 (handlers._tick)."""
+    q = WorkQueue()
+    q.add("resume", ROUTINE)
+    q.add("new-1", URGENT)
+    q.add("new-2", URGENT)
+    assert q.urgent_waiting() == 2
+    assert q.get() == ("new-1", URGENT)
+    assert q.urgent_waiting() == 1
+    q.add("new-1", URGENT)  # again while being processed: runs after, not waiting in the lane yet
+    assert q.urgent_waiting() == 1
+    q.done("new-1")
+    assert q.urgent_waiting() == 2
+    assert [key for key, _ in _drain(q)] == ["new-2", "new-1", "resume"]
+    assert q.urgent_waiting() == 0
+
+
 def test_a_key_added_while_processed_runs_once_more_after_and_never_twice_at_once():
     q = WorkQueue()
     q.add("a")
