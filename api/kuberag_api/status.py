@@ -31,6 +31,12 @@ class ReadinessProbe:
         self.limiter = limiter
         self.live = live
         self.metrics = metrics
+        # Read at scrape time (prometheus-client's set_function): the gauge says what /readyz says
+        # at that moment, not what the last refresh saw up to an interval (2 s) earlier.
+        metrics.redis_up.set_function(self._l2_up)
+
+    def _l2_up(self) -> int:
+        return 1 if self.cache.l2_enabled and self.cache.l2.up else 0
 
     def check(self, detail: bool = True) -> Readiness:
         """Readiness; ``detail`` (the admin key was given) adds every check and the error texts. A
@@ -95,10 +101,8 @@ class ReadinessProbe:
 
     def update_gauges(self) -> None:
         m = self.metrics
-        l2_up = self.cache.l2_enabled and self.cache.l2.up
-        m.redis_up.set(1 if l2_up else 0)
         if self.cache.l2_enabled:
-            m.dependency_up.labels("redis").set(1 if l2_up else 0)
+            m.dependency_up.labels("redis").set_function(self._l2_up)
         else:  # L2 off by design is not a Redis outage: no series for the KuberagRedisSidecarDown alert
             with contextlib.suppress(KeyError):
                 m.dependency_up.remove("redis")

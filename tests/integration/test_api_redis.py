@@ -273,3 +273,34 @@ async def test_l3_hits_refill_an_l2_that_restarted_empty(tmp_path, engine, redis
         assert r.json()["cache_level"] == "l3"
         await asyncio.sleep(0.3)
         assert answer_keys(redis_server) == 0 and len(client.app.state.cache.l1) == 0
+
+
+async def test_the_redis_gauges_say_what_readyz_says_at_once(tmp_path, engine, redis_server):
+    """The Redis gauges are read at scrape time: between an outage and the dashboard there is no
+    refresh interval (the refresh here runs once at start, then not for an hour)."""
+    settings = app_settings(tmp_path, redis_url=redis_server.url, breaker_reset_seconds=60,
+                            socket_timeout=GENEROUS_TIMEOUT)
+    app = create_app(settings, engine=engine, live=LiveConfig(parse_config(L2_ONLY)), serve_metrics=False,
+                     background_interval=3600)
+    registry = app.state.metrics.registry
+
+    def gauges() -> tuple[float | None, float | None]:
+        return (registry.get_sample_value("kuberag_redis_up"),
+                registry.get_sample_value("kuberag_dependency_up", {"dependency": "redis"}))
+
+    async def redis_status() -> str:
+        return (await client.get("/readyz", headers=ADMIN)).json()["checks"]["redis"]["status"]
+
+    async with AsyncTestClient(app) as client:
+        async def up() -> bool:
+            return await redis_status() == "up"
+
+        await wait_for(up)
+        assert gauges() == (1.0, 1.0)
+        redis_server.kill()
+        for i in range(100):  # each query's failed L2 call counts towards opening the breaker
+            await client.post("/query", json={"question": f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"})
+            if (await redis_status()).startswith("down"):
+                break
+        assert (await redis_status()).startswith("down")
+        assert gauges() == (0.0, 0.0)
