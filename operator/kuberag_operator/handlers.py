@@ -7,8 +7,9 @@
   timers and daemons would add a finalizer and progress/diff-base annotations: more writes, each
   echoed back by the watch). A new RagService or spec generation is queued ``URGENT``; every
   RagService listed at start (a restart, a new leader) is resumed ``ROUTINE``, behind new work.
-- Any event of an owned child (found by the operator's managed-by label, mapped to its
-  controller owner or, if another controller took it, to its instance label) is kept in
+- Any event of an owned child (found by the operator's managed-by label or, label removed, by its
+  RagService controller reference; mapped to its controller owner or, if another controller took
+  it, to its instance label) is kept in
   ``Cluster.observed``; a change of the object queues its RagService at once (drift comes back
   within a second), a change of the status it follows after ``STATUS_DELAY_SECONDS`` (a
   rollout's status churn coalesces into a few status writes).
@@ -235,8 +236,18 @@ async def on_child_event(type: str | None, event: dict, namespace: str, **_: obj
     _enqueue(key, ROUTINE, after=0.0 if news == OBJECT else STATUS_DELAY_SECONDS)
 
 
+def _is_child(body: dict, **_: object) -> bool:
+    """A child of a RagService: the operator's managed-by label, or a RagService as its controller
+    (a child whose label someone removed must still be seen, and get it back)."""
+    meta = body.get("metadata", {})
+    if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY:
+        return True
+    return any(ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+               for ref in meta.get("ownerReferences") or [])
+
+
 for _group, _version, _plural in WATCHED_CHILDREN:
-    kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+    kopf.on.event(_group, _version, _plural, when=_is_child)(on_child_event)
 
 
 # --- the workers --------------------------------------------------------------------------------

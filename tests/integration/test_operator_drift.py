@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from kuberag_contract import LABEL_MANAGED_BY, MANAGED_BY
 from kubernetes import client
 
 from tests.fixtures.operator_process import ragservice, running_operator, wait_for
@@ -152,3 +153,16 @@ def test_foreign_changes_to_what_runs_are_removed_and_harmless_metadata_stays(ap
     time.sleep(QUIET_SECONDS)
     annotations = apps.read_namespaced_deployment("owned", ns).spec.template.metadata.annotations
     assert "kubectl.kubernetes.io/restartedAt" in annotations
+
+
+def test_a_removed_managed_by_label_comes_back(api, ns, operator, control_plane):
+    """The children's watch selects by this label: a child that lost it must still be seen (by its
+    owner reference) and corrected, not dropped from the operator's view for good."""
+    uid = _ready_service(api, ns, "unlabelled", operator, {"replicas": 1})
+    _settled(api, ns, uid, operator)
+    apps = client.AppsV1Api(api)
+    control_plane.kubectl("-n", ns, "label", "deployment/unlabelled", f"{LABEL_MANAGED_BY}-")
+    _wait(lambda: (apps.read_namespaced_deployment("unlabelled", ns).metadata.labels or {}).get(LABEL_MANAGED_BY)
+          == MANAGED_BY, "the managed-by label restored", operator)
+    events = _settled(api, ns, uid, operator)
+    assert ("DriftCorrected", "corrected Deployment/unlabelled") in events
