@@ -31,16 +31,16 @@ _encoder = msgspec.json.Encoder()
 _JSON = (b"content-type", b"application/json")
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that gives the messages read here first (merged into one), then the rest."""
-    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
-    last = messages[-1]
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": last.get("more_body", False)}
-                              if last["type"] == "http.request" else last]
+def _replay(body: bytes, last: Message, receive: Receive) -> Receive:
+    """``receive`` that gives the body read here first (one message), then ``last`` if it was not
+    part of the body (a disconnect), then whatever else ``receive`` brings."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": last["type"] != "http.request"}]
+    if last["type"] != "http.request":
+        pending.append(last)
 
     async def replayed() -> Message:
         if pending:
-            return pending.pop()
+            return pending.pop(0)
         return await receive()
 
     return replayed
@@ -74,10 +74,12 @@ class L1FrontDoor:
         messages = [await receive()]
         while messages[-1]["type"] == "http.request" and messages[-1].get("more_body", False):
             messages.append(await receive())
-        replay = _replay(messages, receive)
-        if messages[-1]["type"] != "http.request":
+        last = messages[-1]
+        body = messages[0].get("body", b"") if len(messages) == 1 else b"".join(
+            m.get("body", b"") for m in messages if m["type"] == "http.request")
+        replay = _replay(body, last, receive)
+        if last["type"] != "http.request":
             return replay  # the client went away: Litestar sees the disconnect
-        body = b"".join(m.get("body", b"") for m in messages) if len(messages) > 1 else messages[0].get("body", b"")
         if len(body) != int(length):
             return replay
         try:
